@@ -1,0 +1,16 @@
+"""deepfake-detect: fine-tune, evaluate and run real/fake face-forgery classifiers."""
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_detector", "load_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import deepfake_detect` (e.g. for the version) does not import torch.
+    if name in ("build_detector", "load_checkpoint"):
+        from deepfake_detect import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'deepfake_detect' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from deepfake_detect.cli import main
+
+main()

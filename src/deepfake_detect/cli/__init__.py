@@ -1,0 +1,3 @@
+from deepfake_detect.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,177 @@
+"""Validated experiment configuration.
+
+The ``model`` section is kept as a mapping here and validated by the detector's own config class
+from the model registry (``deepfake_detect.models.registry``), so that each detector can declare
+its own keys without this module knowing about every detector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Fraction = float
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Strict):
+    """Train-time augmentation. Probabilities are per sample; 0 disables a transform."""
+
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    rotation: float = Field(0.0, ge=0, le=180, description="max rotation in degrees")
+    color_jitter: tuple[float, float, float, float] | None = Field(
+        None, description="brightness, contrast, saturation, hue jitter; null disables"
+    )
+    random_erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing")
+    scale: tuple[float, float] | None = Field(
+        None, description="random resized crop scale range, e.g. [0.8, 1.0]; null: plain resize"
+    )
+
+
+class DataConfig(Strict):
+    path: list[Path] = Field(
+        default_factory=list,
+        description="dataset folders or CSV manifests; splits are taken from them or made",
+    )
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="fraction held out for val")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="fraction held out for test")
+    split_seed: int = Field(0, description="seed of the automatic grouped split")
+    batch_size: int = Field(32, ge=1, description="per-device batch size")
+    eval_batch_size: int | None = Field(None, ge=1, description="defaults to batch_size")
+    num_workers: int | None = Field(None, ge=0, description="null: min(cpu count, 8)")
+    pin_memory: bool | None = Field(None, description="null: on when a GPU is used")
+    balance: Literal["none", "sampler", "loss_weight"] = Field(
+        "none", description="class balance: weighted sampler or class-weighted loss"
+    )
+    verify: Literal["none", "header", "full"] = Field(
+        "header", description="check files before training: header only, full decode, or none"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            return [v]
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer")
+    lr: float = Field(1e-4, gt=0, description="base learning rate")
+    backbone_lr: float | None = Field(None, ge=0, description="defaults to lr")
+    head_lr: float | None = Field(None, gt=0, description="defaults to lr")
+    weight_decay: float = Field(0.0, ge=0, description="not applied to biases and norms")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = Field(False, description="SGD only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas")
+
+
+class SchedulerConfig(Strict):
+    name: Literal["none", "cosine", "plateau", "onecycle", "step"] = Field(
+        "none", description="learning-rate schedule"
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up before cosine")
+    min_lr: float = Field(0.0, ge=0, description="cosine floor")
+    step_size: int = Field(5, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: decay factor")
+    factor: float = Field(0.5, gt=0, lt=1, description="plateau: decay factor")
+    patience: int = Field(3, ge=0, description="plateau: epochs without improvement")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction rising")
+
+
+class LossConfig(Strict):
+    name: Literal["ce", "bce", "focal"] = Field(
+        "ce", description="ce: 2 logits; bce: 1 logit (model.num_classes 1); focal: either"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="targets y(1-e)+e/2")
+    focal_alpha: float | None = Field(0.25, ge=0, le=1, description="weight of the fake class")
+    focal_gamma: float = Field(2.0, ge=0, description="focal focusing parameter")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1, description="maximum number of epochs")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, else fp16, 32 on CPU"
+    )
+    accumulate_grad_batches: int = Field(1, ge=1, description="batches per optimizer step")
+    gradient_clip_val: float | None = Field(None, gt=0, description="clip gradient norm")
+    monitor: Literal["val_auc", "val_loss", "val_macro_f1", "val_acc", "val_ap", "val_eer"] = Field(
+        "val_auc", description="validation metric for best checkpoint and early stopping"
+    )
+    early_stopping_patience: int | None = Field(None, ge=1, description="null disables")
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field(
+        "auto", description="auto: CUDA, then MPS, then CPU"
+    )
+    devices: int | str = Field("auto", description="device count, list string or 'auto'")
+    num_nodes: int = Field(1, ge=1, description="machines for multi-node DDP")
+    strategy: str = Field("auto", description="Lightning strategy, e.g. ddp")
+    channels_last: bool = Field(True, description="channels-last memory format on GPU")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower)")
+    limit_train_batches: float | int | None = Field(None, description="debug: cap batches")
+    limit_val_batches: float | int | None = Field(None, description="debug: cap val batches")
+    evaluate_test: bool = Field(True, description="after training, evaluate best on test split")
+
+
+class ThresholdConfig(Strict):
+    strategy: Literal["fixed", "eer", "max_acc", "max_f1", "max_macro_f1"] = Field(
+        "fixed", description="how the decision threshold is chosen on validation data"
+    )
+    value: float = Field(0.5, gt=0, lt=1, description="threshold used by 'fixed'")
+
+
+class EvalConfig(Strict):
+    video_aggregation: Literal["mean", "max", "median"] = Field(
+        "mean", description="video score from frame scores"
+    )
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    plots: bool = Field(True, description="write ROC/PR/confusion/histogram PNGs")
+
+
+class MlflowConfig(Strict):
+    enabled: bool = Field(False, description="log params, metrics and artifacts to MLflow")
+    tracking_uri: str | None = Field(None, description="null: file store in the run folder")
+    experiment: str = Field("deepfake-detect", description="MLflow experiment name")
+    log_model: bool = Field(True, description="upload model.safetensors as an artifact")
+
+
+class LogConfig(Strict):
+    every_n_steps: int = Field(50, ge=1, description="step-level logging interval")
+    csv: bool = Field(True, description="metrics.csv in the run folder")
+    tensorboard: bool = Field(True, description="TensorBoard logs in <run>/tensorboard")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    progress: bool = Field(True, description="progress bars")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field("run", description="run name, used in the run folder name")
+    seed: int = Field(0, description="seed of weights init, sampling and augmentation")
+    output_dir: Path = Field(Path("runs"), description="parent of run folders")
+    model: dict[str, Any] = Field(description="detector config; 'name' is the registry name")
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _has_name(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(v.get("name"), str):
+            raise ValueError("model.name is required: the registry name of the detector")
+        return v

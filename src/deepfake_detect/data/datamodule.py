@@ -1,0 +1,156 @@
+"""Lightning DataModule tying discovery, splitting, verification and loading together.
+
+It works from plain PyTorch too: call :meth:`FaceDataModule.setup` and use the loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from deepfake_detect.config.schema import DataConfig
+from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
+from deepfake_detect.data.images import verify_images
+from deepfake_detect.data.samplers import EpochBalancedSampler, EpochRandomSampler
+from deepfake_detect.data.samples import CLASS_NAMES, Sample
+from deepfake_detect.data.sources import discover, scan
+from deepfake_detect.data.splits import assign_splits, check_splits, class_counts
+from deepfake_detect.data.transforms import build_transform
+from deepfake_detect.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def build_eval_samples(paths: Sequence[str | Path]) -> list[Sample]:
+    """Every sample in ``paths`` with the split it was given (None if none); the caller chooses."""
+    return discover(paths)
+
+
+def default_num_workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
+class FaceDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the datasets in ``data.path``.
+
+    ``preprocessing`` is the detector's ``{"input_size", "mean", "std"}``. Splits are made with
+    ``data.split_seed``; ``seed`` seeds the training shuffle / balanced sampler.
+    """
+
+    def __init__(self, data: DataConfig, preprocessing: Mapping[str, Any], seed: int = 0) -> None:
+        super().__init__()
+        self.data = data
+        self.preprocessing = dict(preprocessing)
+        self.seed = seed
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
+        self.ignored_files = 0  # non-image files in label folders
+        self._samples: list[Sample] | None = None
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._samples is not None:
+            return
+        if not self.data.path:
+            raise DataError(
+                "data.path is empty: give a dataset folder or CSV, e.g. data.path=/data/ff++"
+            )
+        found = scan(self.data.path)
+        self.ignored_files = len(found.ignored)
+        skipped = [(str(p), reason) for p, reason in found.missing]
+        samples = assign_splits(
+            found.samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
+        )
+        # verify after splitting, so that fixing or breaking a file never reshuffles the splits
+        bad = verify_images([s.path for s in samples], self.data.verify)
+        if bad:
+            bad_paths = {p for p, _ in bad}
+            samples = [s for s in samples if s.path not in bad_paths]
+            skipped += [(str(p), reason) for p, reason in bad]
+        self.skipped = skipped
+        check_splits(samples)
+        self._samples = samples
+        log.info("data:\n%s", self.summary())
+
+    def _require(self) -> list[Sample]:
+        if self._samples is None:
+            raise RuntimeError("FaceDataModule.setup() must be called before using the data")
+        return self._samples
+
+    # -- facts ---------------------------------------------------------------------------
+    def samples(self, split: str) -> list[Sample]:
+        return [s for s in self._require() if s.split == split]
+
+    def has_split(self, split: str) -> bool:
+        return any(s.split == split for s in self._require())
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        return class_counts(self._require())
+
+    def class_weights(self) -> torch.Tensor:
+        """Inverse train-class frequencies ``[real, fake]``, normalised to mean 1."""
+        counts = self.class_counts()["train"]
+        inv = torch.tensor([1.0 / counts[name] for name in CLASS_NAMES], dtype=torch.float32)
+        return inv / inv.mean()
+
+    def summary(self) -> str:
+        counts = self.class_counts()
+        rows = [("split", *CLASS_NAMES, "total")]
+        for split, per in counts.items():
+            rows.append((split, *(str(per[n]) for n in CLASS_NAMES), str(sum(per.values()))))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in rows
+        ]
+        lines.append(f"skipped unreadable or missing images: {len(self.skipped)}")
+        if self.ignored_files:
+            lines.append(f"ignored non-image files: {self.ignored_files}")
+        return "\n".join(lines)
+
+    # -- loaders -------------------------------------------------------------------------
+    def _loader_options(self) -> dict[str, Any]:
+        workers = self.data.num_workers
+        workers = default_num_workers() if workers is None else workers
+        pin = self.data.pin_memory
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "pin_memory": torch.cuda.is_available() if pin is None else pin,
+            "collate_fn": collate_skipping,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.samples("train")
+        dataset = FaceImageDataset(train, build_transform(self.preprocessing, self.data.augment))
+        batch = self.data.batch_size
+        if self.data.balance == "sampler":
+            sampler = EpochBalancedSampler([s.label for s in train], seed=self.seed)
+        else:
+            sampler = EpochRandomSampler(train, seed=self.seed)
+        return DataLoader(
+            dataset, batch, sampler=sampler, drop_last=len(train) > batch, **self._loader_options()
+        )
+
+    def eval_dataloader(
+        self, samples: Sequence[Sample], batch_size: int | None = None
+    ) -> DataLoader:
+        """A loader in order, without augmentation, over any samples (e.g. from
+        :func:`build_eval_samples`); ``batch["index"]`` indexes ``samples``."""
+        dataset = FaceImageDataset(samples, build_transform(self.preprocessing, None))
+        size = batch_size or self.data.eval_batch_size or self.data.batch_size
+        return DataLoader(dataset, size, shuffle=False, drop_last=False, **self._loader_options())
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.samples("val"))
+
+    def test_dataloader(self) -> DataLoader | list:
+        """The test loader, or an empty list when there is no test split."""
+        test = self.samples("test")
+        return self.eval_dataloader(test) if test else []

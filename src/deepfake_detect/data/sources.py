@@ -1,0 +1,343 @@
+"""Find labelled face images in dataset folders and CSV manifests.
+
+Every path given is one dataset. Video ids are paths below the dataset root (``train/fake/v1``),
+so that frames of one video can be kept together when splits are made, while videos of different
+labels or splits never share an id.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+from deepfake_detect.data.labels import (
+    accepted_names,
+    label_name,
+    parse_label,
+    parse_split,
+)
+from deepfake_detect.data.samples import Sample
+from deepfake_detect.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+)
+
+# "<video>_frame_<n>", "<video>-<n>", "<video>_f<n>": frames of one video in a flat folder
+_FRAME_STEM = re.compile(r"^(?P<video>.+)(?:_frame_?|-|_f)\d+$", re.IGNORECASE)
+# stems that are only a frame number ("0001", "frame_0001"): the folder is the video
+_NUMBER_STEM = re.compile(r"^(?:frame|img|image|f)?[_-]?\d+$", re.IGNORECASE)
+
+_CSV_COLUMNS = ("path", "label", "video", "split")
+
+
+@dataclass
+class Discovery:
+    """What :func:`scan` found: the samples and the files it left out."""
+
+    samples: list[Sample] = field(default_factory=list)
+    # files in label folders that are not images (by extension), and hidden files
+    ignored: list[Path] = field(default_factory=list)
+    # files a CSV lists that do not exist: (path, reason)
+    missing: list[tuple[Path, str]] = field(default_factory=list)
+    # dataset name -> "split folders" | "label folders" | "csv"
+    layouts: dict[str, str] = field(default_factory=dict)
+
+
+def describe_layout() -> str:
+    """How a dataset may be laid out, for error messages."""
+    exts = " ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    return (
+        "Accepted dataset layouts:\n"
+        "  1. split folders: <root>/train/{real,fake}/..., <root>/val/..., <root>/test/...\n"
+        "  2. label folders: <root>/real/..., <root>/fake/...  (train/val split made for you)\n"
+        "  3. CSV manifest with header path,label[,video,split]; paths relative to the CSV's"
+        " folder\n"
+        "Inside a label folder images may sit in per-video subfolders (fake/<video>/0001.jpg)\n"
+        "or be named <video>_frame_<n>, <video>-<n> or <video>_f<n>; any other image is its own"
+        " video.\n"
+        f"Image extensions: {exts}.\n"
+        f"Accepted names (any case): {accepted_names()}."
+    )
+
+
+def is_image_file(path: str | PurePath) -> bool:
+    return PurePath(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def video_from_stem(stem: str) -> str | None:
+    """The video name in a frame file name such as ``v1_frame_12``, or None."""
+    m = _FRAME_STEM.match(stem)
+    return m.group("video") if m else None
+
+
+def discover(paths: Sequence[str | Path]) -> list[Sample]:
+    """All labelled images in ``paths`` (folders or CSV manifests), sorted within each dataset."""
+    found = scan(paths)
+    if found.ignored:
+        log.warning(
+            "ignored %d non-image or hidden files in label folders, e.g. %s",
+            len(found.ignored), found.ignored[0],
+        )
+    if found.missing:
+        log.warning(
+            "left out %d files listed in CSV manifests that do not exist, e.g. %s",
+            len(found.missing), found.missing[0][0],
+        )
+    return found.samples
+
+
+def scan(paths: Sequence[str | Path]) -> Discovery:
+    """Like :func:`discover`, also returning the ignored and missing files."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out = Discovery()
+    seen: dict[Path, Path] = {}
+    names: set[str] = set()
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"data path {path} does not exist: give a dataset folder or CSV manifest.\n"
+                + describe_layout()
+            )
+        real = path.resolve()
+        if real in seen:
+            raise DataError(
+                f"data path {path} is given twice (also as {seen[real]}): list each dataset once"
+            )
+        seen[real] = path
+        # name as given (not symlink-resolved), e.g. "ffpp" for /data/ffpp -> /mnt/x/ff_v2
+        shown = Path(os.path.abspath(path))
+        name = _unique_name(shown.stem if path.is_file() else shown.name, names)
+        if path.is_dir():
+            out.layouts[name] = _scan_folder(path, name, out)
+        elif path.suffix.lower() == ".csv":
+            _scan_csv(path, name, out)
+            out.layouts[name] = "csv"
+        else:
+            raise DataError(
+                f"data path {path} is neither a folder nor a .csv manifest.\n" + describe_layout()
+            )
+    return out
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    name = name or "dataset"
+    unique, i = name, 2
+    while unique in taken:
+        unique, i = f"{name}-{i}", i + 1
+    taken.add(unique)
+    return unique
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _scan_folder(root: Path, dataset: str, out: Discovery) -> str:
+    entries = sorted(p for p in root.iterdir() if _visible(p))
+    dirs = [p for p in entries if p.is_dir()]
+    split_dirs = [(d, s) for d in dirs if (s := parse_split(d.name)) is not None]
+    label_dirs = [(d, lab) for d in dirs if (lab := parse_label(d.name)) is not None]
+    if split_dirs and label_dirs:
+        raise DataError(
+            f"dataset folder {root} mixes split folders "
+            f"({', '.join(d.name for d, _ in split_dirs)}) with label folders "
+            f"({', '.join(d.name for d, _ in label_dirs)}): put every label folder inside a "
+            "split folder, or use label folders only.\n" + describe_layout()
+        )
+    if not split_dirs and not label_dirs:
+        raise DataError(
+            f"dataset folder {root} has no label or split folders; found: {_listing(entries)}.\n"
+            + describe_layout()
+        )
+    before = len(out.samples)
+    if split_dirs:
+        for split_dir, split in split_dirs:
+            inner = sorted(p for p in split_dir.iterdir() if _visible(p))
+            labels = [
+                (d, lab) for d in inner if d.is_dir() and (lab := parse_label(d.name)) is not None
+            ]
+            if not labels:
+                raise DataError(
+                    f"split folder {split_dir} has no label folders (e.g. real/, fake/); found: "
+                    f"{_listing(inner)}.\n" + describe_layout()
+                )
+            for label_dir, label in labels:
+                _scan_label_folder(root, label_dir, label, split, dataset, out)
+        layout = "split folders"
+    else:
+        for label_dir, label in label_dirs:
+            _scan_label_folder(root, label_dir, label, None, dataset, out)
+        layout = "label folders"
+    if len(out.samples) == before:
+        others = [p for p in out.ignored if _is_below(p, root)]
+        hint = (
+            f"; found {len(others)} other files, e.g. {others[0].name}"
+            " (videos must be turned into face-crop images first)"
+            if others
+            else ""
+        )
+        raise DataError(f"dataset folder {root} holds no images{hint}.\n" + describe_layout())
+    out.samples[before:] = sorted(out.samples[before:], key=lambda s: str(s.path))
+    return layout
+
+
+def _is_below(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _listing(entries: list[Path], limit: int = 12) -> str:
+    if not entries:
+        return "nothing"
+    shown = [p.name + ("/" if p.is_dir() else "") for p in entries[:limit]]
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return ", ".join(shown) + more
+
+
+def _scan_label_folder(
+    root: Path, label_dir: Path, label: int, split: str | None, dataset: str, out: Discovery
+) -> None:
+    prefix = label_dir.relative_to(root).as_posix()
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(label_dir, followlinks=True):
+        # symlinked folders may form loops; visit each real folder once
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        sub = here.relative_to(label_dir).as_posix()
+        for fname in sorted(filenames):
+            file = here / fname
+            if fname.startswith(".") or not is_image_file(fname):
+                out.ignored.append(file)
+                continue
+            if sub != ".":
+                video = f"{prefix}/{sub}"
+            else:
+                stem = file.stem
+                video = f"{prefix}/{video_from_stem(stem) or stem}"
+            out.samples.append(Sample(file, label, video, split, dataset))
+
+
+def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
+    base = csv_path.parent
+    samples: list[Sample] = []
+    first_line: dict[Path, int] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"CSV manifest {csv_path} is empty: it needs a header path,label")
+            cols = [h.strip().lower() for h in header]
+            missing_cols = [c for c in ("path", "label") if c not in cols]
+            if missing_cols:
+                raise DataError(
+                    f"CSV manifest {csv_path} has no {' or '.join(missing_cols)} column; its "
+                    f"header is {','.join(header)!r}: the first line must name the columns, "
+                    "e.g. path,label,video,split (video and split optional)"
+                )
+            idx = {c: cols.index(c) for c in _CSV_COLUMNS if c in cols}
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                sample = _csv_row(row, idx, base, csv_path, line, dataset)
+                if sample.path in first_line:
+                    raise DataError(
+                        f"{csv_path} line {line}: {sample.path} is already listed on line "
+                        f"{first_line[sample.path]}: list each image once"
+                    )
+                first_line[sample.path] = line
+                if sample.path.is_file():
+                    samples.append(sample)
+                else:
+                    reason = f"file not found (listed in {csv_path} line {line})"
+                    out.missing.append((sample.path, reason))
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV manifest {csv_path} is not UTF-8 text: {e}") from e
+    except csv.Error as e:
+        raise DataError(f"CSV manifest {csv_path} cannot be parsed: {e}") from e
+    if not samples:
+        if first_line:
+            example = next(iter(first_line))
+            raise DataError(
+                f"CSV manifest {csv_path}: none of its {len(first_line)} files exist, e.g. "
+                f"{example}; relative paths are taken from the CSV's folder {base}"
+            )
+        raise DataError(f"CSV manifest {csv_path} lists no images: add rows below the header")
+    out.samples.extend(sorted(samples, key=lambda s: str(s.path)))
+
+
+def _csv_row(
+    row: list[str], idx: dict[str, int], base: Path, csv_path: Path, line: int, dataset: str
+) -> Sample:
+    def cell(name: str) -> str:
+        i = idx.get(name)
+        return row[i].strip() if i is not None and i < len(row) else ""
+
+    where = f"{csv_path} line {line}"
+    raw_path, raw_label = cell("path"), cell("label")
+    if not raw_path:
+        raise DataError(f"{where}: the path cell is empty")
+    if not is_image_file(raw_path):
+        exts = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(
+            f"{where}: {raw_path} is not an image file (extensions {exts}); videos must be "
+            "turned into face-crop images first"
+        )
+    label = parse_label(raw_label)
+    if label is None:
+        raise DataError(
+            f"{where}: label {raw_label!r} is not 0/1 or a known name ({accepted_names()})"
+        )
+    split = None
+    if raw_split := cell("split"):
+        split = parse_split(raw_split)
+        if split is None:
+            raise DataError(
+                f"{where}: split {raw_split!r} is not train, val or test (or a synonym); "
+                "leave it empty to have it assigned"
+            )
+    rel = PurePath(raw_path)
+    path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
+    key = cell("video") or _video_key(path, base)
+    video = "/".join(p for p in (split, label_name(label), key) if p)
+    return Sample(path, label, video, split, dataset)
+
+
+def _video_key(path: Path, base: Path) -> str:
+    """Video of a CSV row without a video cell, by the folder rules applied to its path."""
+    try:
+        rel = path.relative_to(base)
+    except ValueError:
+        rel = PurePath(*path.parts[1:])  # absolute path elsewhere: drop the anchor
+    dirs = rel.parent.parts
+    stem = rel.stem
+    marks = [
+        i for i, d in enumerate(dirs) if parse_label(d) is not None or parse_split(d) is not None
+    ]
+    if marks:
+        # below a label (or split) folder: a subfolder is a video, as in folder datasets
+        if len(dirs) > marks[-1] + 1:
+            return "/".join(dirs)
+    elif dirs and _NUMBER_STEM.match(stem):
+        # frames named by number only: their folder is the video
+        return "/".join(dirs)
+    return "/".join((*dirs, video_from_stem(stem) or stem))

@@ -1,0 +1,69 @@
+"""Image transforms from PIL images to normalised float tensors, for training and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from deepfake_detect.config.schema import AugmentConfig
+from deepfake_detect.errors import ConfigError
+
+
+def build_transform(
+    preprocessing: Mapping[str, Any], augment: AugmentConfig | None = None
+) -> v2.Compose:
+    """PIL image -> float32 ``(3, S, S)`` tensor normalised with the detector's mean and std.
+
+    ``preprocessing`` holds ``input_size``, ``mean`` and ``std`` (the detector's). With
+    ``augment`` None the transform is deterministic (evaluation); otherwise it adds the
+    train-time augmentations. Geometry and colour work on uint8 tensors, which is faster than
+    on floats; random erasing comes after normalisation so erased areas are noise in model space.
+    """
+    size, mean, std = _preprocessing(preprocessing)
+    steps: list[Any] = [v2.ToImage()]  # PIL -> uint8 (C, H, W)
+    if augment is not None and augment.scale is not None:
+        lo, hi = augment.scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(
+                f"data.augment.scale {augment.scale} must satisfy 0 < min <= max <= 1"
+            )
+        steps.append(v2.RandomResizedCrop((size, size), scale=(lo, hi), antialias=True))
+    else:
+        steps.append(v2.Resize((size, size), antialias=True))
+    if augment is not None:
+        if augment.hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(augment.hflip))
+        if augment.rotation > 0:
+            steps.append(v2.RandomRotation(augment.rotation))
+        if augment.color_jitter is not None:
+            b, c, s, h = augment.color_jitter
+            try:
+                steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(
+                    f"data.augment.color_jitter {augment.color_jitter} is invalid ({e}): "
+                    "brightness, contrast, saturation >= 0 and hue in [0, 0.5]"
+                ) from None
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment is not None and augment.random_erasing > 0:
+        steps.append(v2.RandomErasing(augment.random_erasing))
+    steps.append(v2.ToPureTensor())  # plain tensors collate and pickle without tv_tensors
+    return v2.Compose(steps)
+
+
+def _preprocessing(pre: Mapping[str, Any]) -> tuple[int, list[float], list[float]]:
+    missing = [k for k in ("input_size", "mean", "std") if k not in pre]
+    if missing:
+        raise ConfigError(f"preprocessing is missing {', '.join(missing)}: the detector sets them")
+    size = int(pre["input_size"])
+    mean = [float(m) for m in pre["mean"]]
+    std = [float(s) for s in pre["std"]]
+    if size < 1 or len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ConfigError(
+            f"preprocessing input_size={pre['input_size']}, mean={pre['mean']}, std={pre['std']} "
+            "is invalid: need a positive size and three means and three positive stds"
+        )
+    return size, mean, std

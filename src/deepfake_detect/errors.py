@@ -1,0 +1,17 @@
+"""Exceptions whose messages are shown to users as they are (the CLI prints them without a trace)."""
+
+
+class DeepfakeDetectError(Exception):
+    """Base class: the message names the file or key at fault and how to fix it."""
+
+
+class ConfigError(DeepfakeDetectError):
+    pass
+
+
+class DataError(DeepfakeDetectError):
+    pass
+
+
+class CheckpointError(DeepfakeDetectError):
+    pass

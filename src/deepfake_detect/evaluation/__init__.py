@@ -1,0 +1,69 @@
+"""Metrics, decision thresholds, video aggregation and plots for evaluation results.
+
+Plotting functions are imported on first use so that importing metrics does not load matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepfake_detect.evaluation.aggregation import (
+    AGGREGATORS,
+    aggregate_videos,
+    register_aggregator,
+)
+from deepfake_detect.evaluation.metrics import (
+    DEFAULT_THRESHOLD,
+    average_precision,
+    binary_metrics,
+    confusion_matrix,
+    equal_error_rate,
+    metrics_to_json,
+    precision_recall_curve,
+    predict_labels,
+    roc_auc,
+    roc_curve,
+)
+from deepfake_detect.evaluation.thresholds import STRATEGIES, choose_threshold, threshold_candidates
+
+_PLOTS = (
+    "plot_roc",
+    "plot_pr",
+    "plot_confusion",
+    "plot_score_histograms",
+    "plot_learning_curves",
+    "save_evaluation_plots",
+)
+
+__all__ = [
+    "AGGREGATORS",
+    "DEFAULT_THRESHOLD",
+    "STRATEGIES",
+    "aggregate_videos",
+    "average_precision",
+    "binary_metrics",
+    "choose_threshold",
+    "confusion_matrix",
+    "equal_error_rate",
+    "metrics_to_json",
+    "plot_confusion",
+    "plot_learning_curves",
+    "plot_pr",
+    "plot_roc",
+    "plot_score_histograms",
+    "precision_recall_curve",
+    "predict_labels",
+    "register_aggregator",
+    "roc_auc",
+    "roc_curve",
+    "save_evaluation_plots",
+    "threshold_candidates",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PLOTS:
+        from deepfake_detect.evaluation import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

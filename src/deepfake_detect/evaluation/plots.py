@@ -1,0 +1,226 @@
+"""Evaluation and training plots written as PNG files.
+
+Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), never pyplot: no
+global figure registry to leak memory in long runs, no GUI backend, nothing to show or close.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from deepfake_detect.errors import DataError
+from deepfake_detect.evaluation.metrics import (
+    average_precision,
+    check_inputs,
+    confusion_matrix,
+    eer_point,
+    precision_recall_curve,
+    predict_labels,
+    roc_auc,
+    roc_curve,
+)
+
+log = logging.getLogger(__name__)
+
+DPI = 110
+_FIGSIZE = (5.0, 4.5)
+_REAL_COLOR, _FAKE_COLOR = "tab:blue", "tab:red"
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _both_classes(y: np.ndarray, what: str, path: str | Path) -> bool:
+    if 0 < int(y.sum()) < y.size:
+        return True
+    log.warning("skipping %s plot %s: the data hold only one class", what, path)
+    return False
+
+
+def plot_roc(labels: Any, scores: Any, path: str | Path, title: str = "ROC curve") -> Path | None:
+    """ROC curve with AUC and the EER point; None (nothing written) with only one class."""
+    y, s = check_inputs(labels, scores)
+    if not _both_classes(y, "ROC", path):
+        return None
+    fpr, tpr, _ = roc_curve(y, s)
+    eer, idx, _ = eer_point(y, s)
+    fig = Figure(figsize=_FIGSIZE)
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, color=_FAKE_COLOR, lw=2, label=f"AUC = {roc_auc(y, s):.4f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
+    ax.plot(fpr[idx], tpr[idx], "ko", label=f"EER = {eer:.4f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="False positive rate (real called fake)",
+           ylabel="True positive rate (fake detected)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_pr(
+    labels: Any, scores: Any, path: str | Path, title: str = "Precision-recall curve"
+) -> Path | None:
+    """Precision-recall curve for the fake class; None when only one class is present."""
+    y, s = check_inputs(labels, scores)
+    if not _both_classes(y, "precision-recall", path):
+        return None
+    precision, recall, _ = precision_recall_curve(y, s)
+    fig = Figure(figsize=_FIGSIZE)
+    ax = fig.add_subplot()
+    ax.step(recall, precision, where="post", color=_FAKE_COLOR, lw=2,
+            label=f"AP = {average_precision(y, s):.4f}")
+    ax.axhline(y.mean(), color="grey", lw=1, ls="--", label=f"fake share = {y.mean():.3f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="Recall (fake)",
+           ylabel="Precision (fake)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    return _save(fig, path)
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], path: str | Path, title: str = "Confusion matrix"
+) -> Path:
+    """2x2 matrix [[TN, FP], [FN, TP]] (rows true real/fake) with counts and row percentages."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.shape != (2, 2):
+        raise DataError(f"confusion matrix must be 2x2 [[TN, FP], [FN, TP]], got shape {cm.shape}")
+    row_sums = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
+    fig = Figure(figsize=(4.5, 4.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks([0, 1], labels=["real", "fake"])
+    ax.set_yticks([0, 1], labels=["real", "fake"])
+    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    labels: Any, scores: Any, path: str | Path, threshold: float = 0.5,
+    title: str = "Score distribution",
+) -> Path:
+    """Histograms of P(fake) for real and fake samples, with the decision threshold marked."""
+    y, s = check_inputs(labels, scores)
+    bins = np.linspace(0.0, 1.0, 41)
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    for cls, name, color in ((0, "real", _REAL_COLOR), (1, "fake", _FAKE_COLOR)):
+        part = s[y == cls]
+        if part.size:
+            ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{name} (n={part.size})")
+    ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold = {threshold:.3f}")
+    ax.set(xlim=(0.0, 1.0), xlabel="P(fake)", ylabel="Samples", title=title)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def save_evaluation_plots(
+    labels: Any, scores: Any, threshold: float, out_dir: str | Path, prefix: str = ""
+) -> list[Path]:
+    """Write {prefix}roc.png, pr.png, confusion.png, score_hist.png; returns the files written.
+
+    ROC and precision-recall are skipped (with a logged warning) when only one class is present.
+    """
+    y, s = check_inputs(labels, scores)
+    out_dir = Path(out_dir)
+    label = prefix.rstrip("_- ") or None
+    suffix = f" ({label})" if label else ""
+    written = [
+        plot_roc(y, s, out_dir / f"{prefix}roc.png", title=f"ROC curve{suffix}"),
+        plot_pr(y, s, out_dir / f"{prefix}pr.png", title=f"Precision-recall curve{suffix}"),
+        plot_confusion(
+            confusion_matrix(y, predict_labels(s, threshold)), out_dir / f"{prefix}confusion.png",
+            title=f"Confusion matrix at {threshold:.3f}{suffix}",
+        ),
+        plot_score_histograms(y, s, out_dir / f"{prefix}score_hist.png", threshold,
+                              title=f"Score distribution{suffix}"),
+    ]
+    return [p for p in written if p is not None]
+
+
+_NOT_METRICS = {"epoch", "step"}
+_SPLIT = re.compile(r"^(train|val|test)[_/]")
+_REDUCTION = re.compile(r"[_/](step|epoch)$")
+
+
+def _read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(epoch, value), ...]} from a Lightning CSVLogger file, blank cells skipped."""
+    def number(text: str | None) -> float:
+        try:
+            return float(text) if text not in (None, "") else math.nan
+        except ValueError:
+            return math.nan
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "epoch" not in reader.fieldnames:
+            raise DataError(f"{path}: expected a CSV logger metrics file with an 'epoch' column")
+        for row in reader:
+            epoch = number(row.get("epoch"))
+            if not math.isfinite(epoch):
+                continue
+            for key, text in row.items():
+                if key is None or key in _NOT_METRICS:
+                    continue
+                value = number(text)
+                if math.isfinite(value):
+                    series.setdefault(key, []).append((epoch, value))
+    return series
+
+
+def plot_learning_curves(metrics_csv_path: str | Path, out_path: str | Path) -> Path | None:
+    """One panel per metric family (train/val/test variants share a panel) against epoch.
+
+    Step-level values are averaged per epoch. Returns None when the file holds no metric values.
+    """
+    csv_path = Path(metrics_csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: metrics file not found (is the CSV logger enabled?)")
+    series = _read_metrics_csv(csv_path)
+    if not series:
+        log.warning("no metric values in %s: learning-curve plot skipped", csv_path)
+        return None
+
+    families: dict[str, list[str]] = {}
+    for name in sorted(series):
+        family = _REDUCTION.sub("", _SPLIT.sub("", name))
+        families.setdefault(family, []).append(name)
+
+    n = len(families)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (family, names) in zip(axes, families.items()):
+        for name in names:
+            points = np.asarray(series[name])
+            epochs = np.unique(points[:, 0])
+            means = [points[points[:, 0] == e, 1].mean() for e in epochs]
+            ax.plot(epochs, means, marker="o", ms=3, label=name)
+        ax.set(title=family, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, out_path)

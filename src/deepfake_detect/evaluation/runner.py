@@ -1,0 +1,177 @@
+"""Evaluation of a detector on one or more datasets: frame and video metrics, CSV, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfake_detect.data.samples import CLASS_NAMES, Sample
+from deepfake_detect.errors import DataError
+from deepfake_detect.evaluation.aggregation import aggregate_videos
+from deepfake_detect.evaluation.metrics import binary_metrics
+from deepfake_detect.evaluation.plots import save_evaluation_plots
+from deepfake_detect.inference.scoring import score_files
+from deepfake_detect.models.detector import Detector
+
+SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
+
+
+def select_split(samples: Sequence[Sample], split: str, dataset: str) -> list[Sample]:
+    """``auto``: the test split when the dataset has one, else every sample."""
+    if split == "all":
+        return list(samples)
+    if split == "auto":
+        test = [s for s in samples if s.split == "test"]
+        return test or [s for s in samples if s.split in (None, "test")] or list(samples)
+    chosen = [s for s in samples if s.split == split]
+    if not chosen:
+        found = sorted({s.split or "none" for s in samples})
+        raise DataError(
+            f"{dataset}: no samples in split {split!r} (splits found: {', '.join(found)}); "
+            "use --split all to evaluate everything"
+        )
+    return chosen
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def evaluate_samples(
+    detector: Detector,
+    samples: Sequence[Sample],
+    out_dir: Path,
+    threshold: float,
+    video_aggregation: str = "mean",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    plots: bool = True,
+    progress: bool = True,
+    name: str = "",
+) -> dict[str, Any]:
+    """Score ``samples``, write ``metrics.json``, ``predictions.csv`` and plots into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = score_files(
+        detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
+        progress=progress, description=f"evaluating {name}".strip(),
+    )
+    ok = result.ok
+    kept = [s for s, good in zip(samples, ok) if good]
+    if not kept:
+        raise DataError(f"{name or out_dir}: none of the {len(samples)} files could be read")
+    labels = np.array([s.label for s in kept])
+    scores = result.scores[ok]
+    frame = binary_metrics(labels, scores, threshold=threshold)
+    vids, vlabels, vscores = aggregate_videos([s.video for s in kept], labels, scores, video_aggregation)
+    video = binary_metrics(vlabels, vscores, threshold=threshold)
+    skipped = [{"path": str(samples[i].path), "error": e} for i, e in sorted(result.errors.items())]
+    metrics = {
+        "dataset": name,
+        "threshold": threshold,
+        "video_aggregation": video_aggregation,
+        "frame": frame,
+        "video": {**video, "n_videos": len(vids)},
+        "skipped": len(skipped),
+        "skipped_files": skipped,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2), "utf-8")
+    with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "video", "label", "score"])
+        for s, sc in zip(kept, scores):
+            writer.writerow([str(s.path), s.video, s.label, f"{sc:.6f}"])
+    with open(out_dir / "video_predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["video", "label", "score"])
+        for v, lab, sc in zip(vids, vlabels, vscores):
+            writer.writerow([v, int(lab), f"{sc:.6f}"])
+    if plots:
+        save_evaluation_plots(labels, scores, threshold, out_dir)
+    return metrics
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Human-readable key figures of one dataset's metrics."""
+
+    def fmt(x: Any) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+    f, v = metrics["frame"], metrics["video"]
+    rows = [
+        ("samples (real/fake)", f"{f['n']} ({f['n_real']}/{f['n_fake']})"),
+        ("videos", str(v["n_videos"])),
+    ]
+    for key in ("auc", "eer", "ap", "acc", "acc_at_threshold", "macro_f1"):
+        rows.append((key, f"{fmt(f[key])} frame | {fmt(v[key])} video"))
+    rows.append(("skipped files", str(metrics["skipped"])))
+    return rows
+
+
+__all__ = ["CLASS_NAMES", "SPLIT_CHOICES", "evaluate_samples", "select_split", "summary_rows"]
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: Sequence[str | Path],
+    out_dir: Path,
+    split: str = "auto",
+    threshold: float | None = None,
+    video_aggregation: str | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    plots: bool = True,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset."""
+    from deepfake_detect.data.sources import discover
+    from deepfake_detect.models.checkpoint import load_checkpoint
+    from deepfake_detect.runinfo import write_run_info
+
+    if split not in SPLIT_CHOICES:
+        raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
+    detector = load_checkpoint(checkpoint)
+    meta = detector.checkpoint_meta
+    chosen_threshold = detector.threshold if threshold is None else threshold
+    aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(
+        "video_aggregation", "mean"
+    )
+    write_run_info(
+        out_dir, meta.get("experiment"), checkpoint=str(checkpoint), data=[str(d) for d in data],
+        split=split, threshold=chosen_threshold, video_aggregation=aggregation,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for path in data:
+        samples = discover([path])
+        name = samples[0].dataset if samples else Path(path).stem
+        if name in results:
+            name = f"{name}_{len(results)}"
+        chosen = select_split(samples, split, name)
+        results[name] = evaluate_samples(
+            detector, chosen, out_dir / name, threshold=chosen_threshold,
+            video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
+            device=device, plots=plots, progress=progress, name=name,
+        )
+    summary = {
+        name: {"frame": {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
+               "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
+               "skipped": m["skipped"]}
+        for name, m in results.items()
+    }
+    (out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2), "utf-8")
+    return results

@@ -1,0 +1,100 @@
+"""Batch scoring of image files with a detector: the loop behind evaluate and predict."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
+from deepfake_detect.data.samples import Sample
+from deepfake_detect.data.transforms import build_transform
+from deepfake_detect.models.detector import Detector
+
+
+@dataclass
+class Scores:
+    """P(fake) per input (NaN where the file could not be read) and the reason for each failure."""
+
+    scores: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.scores)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def score_files(
+    detector: Detector,
+    paths: Sequence[str | Path] | Sequence[Sample],
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str = "scoring",
+) -> Scores:
+    """Score image files in order; unreadable files get NaN and an error, the rest go on."""
+    from rich.progress import Progress
+
+    samples = [
+        p if isinstance(p, Sample) else Sample(path=Path(p), label=-1, video=str(p)) for p in paths
+    ]
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    detector = detector.to(device).eval()
+    if device.type == "cuda":
+        detector = detector.to(memory_format=torch.channels_last)
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        FaceImageDataset(samples, build_transform(detector.preprocessing())),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=min(workers, max(1, len(samples) // batch_size)) if workers else 0,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_skipping,
+    )
+    scores = np.full(len(samples), np.nan, dtype=np.float64)
+    errors: dict[int, str] = {}
+    path_index = {str(s.path): i for i, s in enumerate(samples)}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=len(samples))
+        for batch in loader:
+            for path, reason in batch["skipped"]:
+                errors[path_index[path]] = reason
+            if batch["image"] is not None:
+                x = batch["image"].to(device, non_blocking=True)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = detector(x)
+                probs = detector.probabilities(logits.float()).cpu().numpy()
+                scores[batch["index"].numpy()] = probs
+            bar.advance(task, len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"])))
+    return Scores(scores=scores, errors=errors)

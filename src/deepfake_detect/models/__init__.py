@@ -1,0 +1,35 @@
+"""Detectors: the registry of built-in and custom detectors, weights and checkpoints."""
+
+from deepfake_detect.models.checkpoint import (
+    checkpoint_meta,
+    export_safetensors,
+    load_checkpoint,
+)
+from deepfake_detect.models.detector import Detector, FreezeConfig, ModelConfig
+from deepfake_detect.models.registry import (
+    build_detector,
+    list_detectors,
+    register_detector,
+    validate_model_config,
+)
+from deepfake_detect.models.weights import (
+    allow_safe_globals,
+    load_detector_weights,
+    read_state_dict,
+)
+
+__all__ = [
+    "Detector",
+    "FreezeConfig",
+    "ModelConfig",
+    "allow_safe_globals",
+    "build_detector",
+    "checkpoint_meta",
+    "export_safetensors",
+    "list_detectors",
+    "load_checkpoint",
+    "load_detector_weights",
+    "read_state_dict",
+    "register_detector",
+    "validate_model_config",
+]

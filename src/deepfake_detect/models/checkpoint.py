@@ -1,0 +1,154 @@
+"""This tool's checkpoint formats, and loading them into a detector ready for prediction.
+
+Format A, ``.ckpt`` written by training (Lightning): a torch file whose dict holds
+``state_dict`` (detector keys prefixed ``model.``) and ``deepfake_detect`` (the meta below).
+Format B, exported ``.safetensors``: the detector's state dict, with the meta as JSON under the
+metadata key ``deepfake_detect``.
+
+The meta is plain Python data: ``format``, ``model`` (the model config), ``preprocessing``
+(``input_size``, ``mean``, ``std``), ``threshold``, ``version``, ``git_commit``, ``experiment``
+(the full experiment config) and ``class_names``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepfake_detect import __version__
+from deepfake_detect.errors import CheckpointError, DeepfakeDetectError
+from deepfake_detect.models.detector import Detector
+from deepfake_detect.models.weights import (
+    is_safetensors,
+    load_state_dict_checked,
+    select_lightning_model,
+    torch_load_safe,
+    unwrap_state_dict,
+)
+
+FORMAT_VERSION = 1
+META_KEY = "deepfake_detect"
+CLASS_NAMES = ["real", "fake"]  # label 0, label 1 (as in deepfake_detect.data.samples)
+
+
+def checkpoint_meta(
+    detector: Detector,
+    threshold: float = 0.5,
+    experiment: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The meta stored with a checkpoint; ``extra`` adds plain-data keys (e.g. metrics)."""
+    from deepfake_detect.runinfo import git_commit
+
+    meta = {
+        "format": FORMAT_VERSION,
+        "model": detector.config.model_dump(mode="json"),
+        "preprocessing": detector.preprocessing(),
+        "threshold": float(threshold),
+        "version": __version__,
+        "git_commit": git_commit(),
+        "experiment": dict(experiment) if experiment is not None else {},
+        "class_names": list(CLASS_NAMES),
+    }
+    meta.update(extra)
+    return meta
+
+
+def export_safetensors(detector: Detector, path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write the detector's weights and ``meta`` as a standalone ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in detector.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        # safetensors refuses tensors sharing memory (tied weights); give each its own copy.
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(dict(meta), default=str)})
+    return path
+
+
+def _not_ours(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a deepfake-detect checkpoint (no '{META_KEY}' metadata), so the detector to "
+        "build is unknown. For weights from elsewhere, build the detector from a config and pass "
+        "the file: build_detector(config, weights=path) (CLI: set the model section and weights)."
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The meta and the detector state dict of a checkpoint in either format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if is_safetensors(path):
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                raw_meta = (fh.metadata() or {}).get(META_KEY)
+            if raw_meta is None:
+                raise _not_ours(path)
+            state_dict = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+        try:
+            meta = json.loads(raw_meta)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(
+                f"{path}: the '{META_KEY}' metadata is not JSON ({exc})"
+            ) from None
+    else:
+        obj = torch_load_safe(path)
+        if not isinstance(obj, Mapping) or META_KEY not in obj:
+            raise _not_ours(path)
+        meta = obj[META_KEY]
+        state_dict = select_lightning_model(unwrap_state_dict(obj, path))
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
+        raise CheckpointError(f"{path}: the '{META_KEY}' metadata has no model config")
+    fmt = meta.get("format", FORMAT_VERSION)
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {fmt} was written by a newer deepfake-detect "
+            f"({meta.get('version', '?')}); this is {__version__}, please upgrade"
+        )
+    return dict(meta), state_dict
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Detector:
+    """Rebuild the detector a checkpoint was saved from, load its weights, in eval mode.
+
+    The returned detector has ``threshold`` (the decision threshold on P(fake) chosen in
+    training) and ``checkpoint_meta`` (the stored meta) attributes.
+    """
+    from deepfake_detect.models.registry import build_detector, validate_model_config
+
+    path = Path(path)
+    meta, state_dict = read_checkpoint(path)
+    # Weights come from the checkpoint: the backbone initialisation must not read or download.
+    model_cfg = {**meta["model"], "pretrained": None, "allow_download": False}
+    try:
+        cfg = validate_model_config(model_cfg, source=str(path))
+        detector = build_detector(cfg)
+    except CheckpointError:
+        raise
+    except DeepfakeDetectError as exc:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the detector stored in this checkpoint "
+            f"(saved by deepfake-detect {meta.get('version', '?')}): {exc}"
+        ) from None
+    load_state_dict_checked(detector, state_dict, path)
+    detector.threshold = float(meta.get("threshold", 0.5))
+    detector.checkpoint_meta = meta
+    detector.to(map_location)
+    return detector.eval()

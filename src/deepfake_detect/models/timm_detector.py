@@ -1,0 +1,253 @@
+"""A detector made of any timm backbone, an optional attention block and a classifier head."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+import timm
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from deepfake_detect.errors import CheckpointError, ConfigError
+from deepfake_detect.models.attention import CBAM, SqueezeExcite
+from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
+from deepfake_detect.models.heads import HeadConfig, build_head
+from deepfake_detect.models.weights import load_backbone_weights
+
+# create_model arguments this detector sets itself, and the config key that controls each.
+_RESERVED_KWARGS = {
+    "pretrained": "model.pretrained / model.allow_download",
+    "num_classes": "model.num_classes",
+    "drop_rate": "model.drop_rate",
+    "drop_path_rate": "model.drop_path_rate",
+    "pretrained_cfg": "model.timm_name (with a tag, e.g. efficientnet_b0.ra_in1k)",
+    "pretrained_cfg_overlay": "model.mean / model.std / model.input_size",
+    "checkpoint_path": "model.pretrained",
+    "cache_dir": "model.allow_download",
+}
+
+
+class TimmDetectorConfig(ModelConfig):
+    timm_name: str | None = Field(
+        None, description="timm architecture overriding the detector's default, e.g. resnet50"
+    )
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    attention: Literal["none", "se", "cbam"] = Field(
+        "none", description="attention on the last CNN feature map (CNN backbones only)"
+    )
+    attention_reduction: int = Field(16, ge=1, description="channel reduction inside attention")
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features (timm)")
+    drop_path_rate: float | None = Field(
+        None, ge=0, lt=1, description="stochastic depth; null: timm's default for the model"
+    )
+    backbone_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra timm.create_model arguments, e.g. {depth: 2, embed_dim: 32}",
+    )
+    grad_checkpointing: bool = Field(False, description="trade compute for activation memory")
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _no_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in _RESERVED_KWARGS:
+                raise ValueError(f"{key!r} is set by deepfake-detect; use {_RESERVED_KWARGS[key]}")
+        return v
+
+
+class TimmAnyConfig(TimmDetectorConfig):
+    timm_name: str = Field(..., description="any timm architecture name, e.g. convnext_tiny")
+
+
+def _check_timm_name(name: str, key: str = "model.timm_name") -> None:
+    # is_model also rejects 'hf-hub:' sources, which would fetch from the network.
+    if timm.is_model(name):
+        return
+    base = name.split(".")[0]
+    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Close: {', '.join(close)}." if close else ""
+    raise ConfigError(
+        f"{key}: {name!r} is not a timm architecture.{hint} "
+        "`python -c \"import timm; print(timm.list_models('*pattern*'))\"` lists names."
+    )
+
+
+def _fixed_input_size(name: str) -> bool:
+    pcfg = timm.models.get_pretrained_cfg(name)
+    return bool(pcfg is not None and pcfg.fixed_input_size)
+
+
+def _default_input_size(backbone: nn.Module) -> int:
+    patch_embed = getattr(backbone, "patch_embed", None)
+    img_size = getattr(patch_embed, "img_size", None)
+    if img_size:  # models built for one size (ViT, Swin) know it, also when set via kwargs
+        return int(img_size[0] if isinstance(img_size, (tuple, list)) else img_size)
+    size = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+    return int(size[-1])
+
+
+class TimmDetector(Detector):
+    """``timm`` backbone -> (attention on the feature map) -> pooling -> head."""
+
+    config: TimmDetectorConfig
+
+    def __init__(self, config: TimmDetectorConfig, default_name: str | None = None) -> None:
+        name = config.timm_name or default_name
+        if not name:
+            raise ConfigError(f"model.timm_name is required for detector {config.name!r}")
+        _check_timm_name(name)
+        kwargs = dict(config.backbone_kwargs)
+        fixed = _fixed_input_size(name)
+        if fixed and config.input_size and "img_size" not in kwargs:
+            kwargs["img_size"] = config.input_size
+        backbone = self._create_backbone(name, config, kwargs)
+        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
+        super().__init__(
+            config,
+            _default_input_size(backbone),
+            pcfg.get("mean") or IMAGENET_MEAN,
+            pcfg.get("std") or IMAGENET_STD,
+        )
+        self.timm_name = name
+        self.backbone = backbone
+        self.feature_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        self.attention = self._build_attention(fixed) if config.attention != "none" else None
+        self.head = build_head(config.head, self.feature_dim, config.num_classes)
+        self.pretrained_report: dict[str, Any] | None = None
+        if config.pretrained is not None:
+            classifier = pcfg.get("classifier") or ()
+            self.pretrained_report = load_backbone_weights(
+                self.backbone,
+                config.pretrained,
+                config.strip_prefix,
+                drop_prefixes=(classifier,) if isinstance(classifier, str) else classifier,
+            )
+        if config.grad_checkpointing:
+            try:
+                self.backbone.set_grad_checkpointing(True)
+            except (AssertionError, NotImplementedError, AttributeError):
+                raise ConfigError(
+                    f"model.grad_checkpointing: timm model {name!r} does not support gradient "
+                    "checkpointing; set it to false"
+                ) from None
+        self._apply_freeze()
+
+    @staticmethod
+    def _create_backbone(
+        name: str, config: TimmDetectorConfig, kwargs: dict[str, Any]
+    ) -> nn.Module:
+        # Never reaches the network unless the user allowed it and gave no local weights.
+        download = bool(config.allow_download and config.pretrained is None)
+        try:
+            return timm.create_model(
+                name,
+                pretrained=download,
+                num_classes=0,
+                # None leaves timm's default and keeps models without the argument buildable.
+                drop_rate=config.drop_rate or None,
+                drop_path_rate=config.drop_path_rate,
+                **kwargs,
+            )
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(
+                f"model.backbone_kwargs / drop_rate / drop_path_rate: timm model {name!r} cannot "
+                f"be built with {kwargs or 'no extra arguments'}"
+                f"{f', drop_rate={config.drop_rate}' if config.drop_rate else ''}"
+                f"{f', drop_path_rate={config.drop_path_rate}' if config.drop_path_rate else ''}: "
+                f"{exc}"
+            ) from None
+        except Exception as exc:
+            if not download:
+                raise
+            raise CheckpointError(
+                f"model.allow_download: could not download pretrained weights for timm model "
+                f"{name!r} ({type(exc).__name__}: {exc}). Check the network, or download the file "
+                "elsewhere and set model.pretrained to its local path."
+            ) from None
+
+    def _build_attention(self, fixed: bool) -> nn.Module:
+        cfg = self.config
+        fmt = getattr(self.backbone, "output_fmt", "NCHW")
+        fmt = getattr(fmt, "value", fmt)
+        shape: tuple[int, ...] = ()
+        if fmt == "NCHW" and not fixed:
+            # The channel count of the last feature map is only known by running the backbone.
+            size = min(self.input_size, 64)
+            was_training = self.backbone.training
+            self.backbone.eval()
+            with torch.no_grad():
+                shape = tuple(self.backbone.forward_features(torch.zeros(1, 3, size, size)).shape)
+            self.backbone.train(was_training)
+        if len(shape) != 4:
+            raise ConfigError(
+                f"model.attention: {cfg.attention!r} applies to CNN feature maps (N, C, H, W), but "
+                f"timm model {self.timm_name!r} is a transformer producing token features; set "
+                "model.attention: none or choose a CNN backbone"
+            )
+        channels = shape[1]
+        if cfg.attention == "se":
+            return SqueezeExcite(channels, cfg.attention_reduction)
+        return CBAM(channels, cfg.attention_reduction)
+
+    def _apply_freeze(self) -> None:
+        freeze = self.config.freeze
+        if freeze.backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        if not freeze.prefixes:
+            return
+        names = [n for n, _ in self.named_parameters()]
+
+        def hit(name: str, prefix: str) -> bool:
+            # Whole name components only: 'backbone.blocks.1' must not catch 'backbone.blocks.10'.
+            p = prefix.rstrip(".")
+            return name == p or name.startswith(p + ".")
+
+        for prefix in freeze.prefixes:
+            if not any(hit(n, prefix) for n in names):
+                raise ConfigError(
+                    f"model.freeze.prefixes: {prefix!r} matches no parameter of detector "
+                    f"{self.config.name!r}. Valid prefixes include: "
+                    f"{', '.join(_example_prefixes(names, prefix))}"
+                )
+        for n, p in self.named_parameters():
+            if any(hit(n, prefix) for prefix in freeze.prefixes):
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TimmDetector":
+        super().train(mode)
+        freeze = self.config.freeze
+        if mode and freeze.backbone and freeze.norm_eval:
+            # Frozen statistics must not drift with the new data's batches.
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def head_parameter_names(self) -> set[str]:
+        # The attention block is new, like the head, so it trains at the head's learning rate.
+        names = super().head_parameter_names()
+        if self.attention is not None:
+            names |= {f"attention.{n}" for n, _ in self.attention.named_parameters()}
+        return names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone.forward_features(x)
+        if self.attention is not None:
+            feats = self.attention(feats)
+        pooled = self.backbone.forward_head(feats, pre_logits=True)
+        return self.head(pooled)
+
+
+def _example_prefixes(names: list[str], wanted: str, n: int = 8) -> list[str]:
+    candidates: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, min(len(parts), 4)):
+            candidates.append(".".join(parts[:depth]))
+    unique = list(dict.fromkeys(candidates))
+    close = difflib.get_close_matches(wanted.rstrip("."), unique, n=3, cutoff=0.5)
+    shallow = [c for c in unique if c.count(".") <= 1]
+    return list(dict.fromkeys([*close, *shallow]))[:n]

@@ -1,0 +1,284 @@
+"""``train``: one function from a validated config to a run folder with checkpoints and reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from deepfake_detect.config.schema import ExperimentConfig
+from deepfake_detect.data.datamodule import FaceDataModule
+from deepfake_detect.errors import ConfigError
+from deepfake_detect.evaluation.runner import evaluate_samples
+from deepfake_detect.models.checkpoint import export_safetensors, load_checkpoint
+from deepfake_detect.models.registry import build_detector, validate_model_config
+from deepfake_detect.runinfo import RUN_DIR_ENV, create_run_dir, write_run_info
+from deepfake_detect.training.module import DetectorModule, monitor_mode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    best_score: float | None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    test_metrics: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Mixed precision where it pays: bf16 on GPUs that have it, else fp16; off on CPU."""
+    on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision == "auto":
+        if on_gpu:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
+    return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}[precision]
+
+
+def _loggers(config: ExperimentConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+
+    loggers: list = []
+    if config.log.csv:
+        loggers.append(CSVLogger(save_dir=run_dir, name="", version=""))
+    if config.log.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+    mcfg = config.log.mlflow
+    if mcfg.enabled:
+        uri = mcfg.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        loggers.append(
+            MLFlowLogger(
+                experiment_name=mcfg.experiment, run_name=run_dir.name, tracking_uri=uri,
+                log_model=False,
+            )
+        )
+    return loggers
+
+
+def _find_resume(resume: bool | str | Path, out: Path | None) -> tuple[Path, Path] | None:
+    """The run folder and its ``last.ckpt`` to resume, or None for a fresh run."""
+    if not resume:
+        return None
+    candidate = Path(resume) if not isinstance(resume, bool) else out
+    if candidate is None:
+        raise ConfigError("--resume needs the run folder: pass --out RUN_DIR (or --resume RUN_DIR)")
+    if candidate.is_file():
+        return candidate.parent.parent if candidate.parent.name == "checkpoints" else candidate.parent, candidate
+    last = candidate / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(
+            f"cannot resume: {last} does not exist. Resume takes the run folder of an earlier "
+            "`deepfake-detect train` (it holds checkpoints/last.ckpt)"
+        )
+    return candidate, last
+
+
+def train(
+    config: ExperimentConfig,
+    out: str | Path | None = None,
+    resume: bool | str | Path = False,
+    callbacks: list[Callback] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write everything into one run folder.
+
+    ``out`` is the run folder (created; default ``<output_dir>/<name>-<timestamp>``). With
+    ``resume`` the run in ``out`` (or the folder/checkpoint given) continues from ``last.ckpt``
+    with its weights, optimizer, scheduler, epoch and random state.
+    """
+    started = time.time()
+    model_cfg = validate_model_config(config.model)
+    resumed = _find_resume(resume, Path(out) if out else None)
+    # Processes started by a distributed launch re-run this function: they join rank 0's folder.
+    is_child = os.environ.get("LOCAL_RANK", "0") != "0" and RUN_DIR_ENV in os.environ
+    if resumed:
+        run_dir, last_ckpt = resumed
+    elif is_child:
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    elif out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(
+                f"{run_dir} is not empty: choose a new --out, or add --resume to continue that run"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = create_run_dir(config.output_dir, config.name)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    resolved = config.model_copy(update={"model": model_cfg.model_dump(mode="json")})
+    if rank_zero_only.rank == 0:
+        write_run_info(run_dir, resolved.model_dump(mode="json"), resumed_from=str(last_ckpt) if resumed else None)
+
+    detector = build_detector(model_cfg)
+    datamodule = FaceDataModule(config.data, detector.preprocessing(), seed=config.seed)
+    datamodule.setup("fit")
+    if rank_zero_only.rank == 0:
+        _print(datamodule.summary())
+    weights = datamodule.class_weights() if config.data.balance == "loss_weight" else None
+    module = DetectorModule(detector, resolved, class_weights=weights)
+    _report_parameters(detector)
+
+    tcfg = config.train
+    show_progress = config.log.progress if progress is None else progress
+    mode = monitor_mode(tcfg.monitor)
+    checkpoint_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=tcfg.monitor, mode=mode,
+        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    # A second callback rather than save_last: Lightning 2.6 refreshes save_last only in
+    # epochs that also improved the best checkpoint, which would make --resume go back in time.
+    last_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
+        enable_version_counter=False,
+    )
+    cbs: list[Callback] = [checkpoint_cb, last_cb, *(callbacks or [])]
+    if tcfg.early_stopping_patience:
+        cbs.append(EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
+    loggers = _loggers(resolved, run_dir)
+    if loggers:
+        cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    if show_progress:
+        cbs.append(RichProgressBar(leave=True))
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=tcfg.epochs,
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        num_nodes=tcfg.num_nodes,
+        strategy=tcfg.strategy,
+        precision=resolve_precision(tcfg.precision, tcfg.accelerator),
+        accumulate_grad_batches=tcfg.accumulate_grad_batches,
+        gradient_clip_val=tcfg.gradient_clip_val,
+        deterministic=tcfg.deterministic,
+        logger=loggers or False,
+        callbacks=cbs,
+        log_every_n_steps=config.log.every_n_steps,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=tcfg.limit_train_batches,
+        limit_val_batches=tcfg.limit_val_batches,
+    )
+    history = _read_csv(run_dir / "metrics.csv") if resumed else []
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resumed else None, weights_only=True)
+    if history and trainer.global_rank == 0:
+        _prepend_history(run_dir / "metrics.csv", history)
+
+    best = Path(checkpoint_cb.best_model_path) if checkpoint_cb.best_model_path else None
+    score = checkpoint_cb.best_model_score
+    result = TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best,
+        best_score=float(score) if score is not None else None,
+        val_metrics=dict(module.val_metrics),
+        skipped={**dict(datamodule.skipped), **module.skipped},
+    )
+    if trainer.global_rank != 0:
+        return result
+    if best is not None:
+        best_detector = load_checkpoint(best)
+        export_safetensors(best_detector, run_dir / "model.safetensors", best_detector.checkpoint_meta)
+        test = datamodule.samples("test")
+        if tcfg.evaluate_test and test:
+            result.test_metrics = evaluate_samples(
+                best_detector, test, run_dir / "test", threshold=best_detector.threshold,
+                video_aggregation=config.eval.video_aggregation,
+                batch_size=config.data.eval_batch_size or config.data.batch_size,
+                num_workers=config.data.num_workers, plots=config.eval.plots,
+                progress=show_progress, name="test",
+            )
+            result.skipped.update({e["path"]: e["error"] for e in result.test_metrics["skipped_files"]})
+    _write_report(run_dir, result, datamodule, tcfg.monitor, time.time() - started)
+    if config.eval.plots and (run_dir / "metrics.csv").is_file():
+        from deepfake_detect.evaluation.plots import plot_learning_curves
+
+        plot_learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
+    _log_mlflow_artifacts(loggers, run_dir, config.log.mlflow.log_model)
+    return result
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _prepend_history(path: Path, history: list[dict[str, str]]) -> None:
+    """Lightning's CSV logger starts a fresh file on resume; put the earlier epochs back."""
+    new = _read_csv(path)
+    first_step = min((int(r["step"]) for r in new if r.get("step")), default=None)
+    kept = [r for r in history if first_step is None or int(r.get("step") or 0) < first_step]
+    fields = list(dict.fromkeys(k for row in (*kept, *new) for k in row))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([*kept, *new])
+
+
+def _print(text: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(text)
+
+
+def _report_parameters(detector: torch.nn.Module) -> None:
+    total = sum(p.numel() for p in detector.parameters())
+    trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
+    if rank_zero_only.rank == 0:
+        _print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+
+
+def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monitor: str, seconds: float) -> None:
+    report = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "monitor": monitor,
+        "best_score": result.best_score,
+        "last_val_metrics": result.val_metrics,
+        "class_counts": dm.class_counts(),
+        "skipped": len(result.skipped),
+        "skipped_files": [{"path": p, "error": e} for p, e in sorted(result.skipped.items())],
+        "test": result.test_metrics and {k: result.test_metrics[k] for k in ("frame", "video")},
+        "seconds": round(seconds, 1),
+    }
+    from deepfake_detect.evaluation.runner import _json_safe
+
+    (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2), "utf-8")
+
+
+def _log_mlflow_artifacts(loggers: list, run_dir: Path, log_model: bool) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    for lg in loggers:
+        if isinstance(lg, MLFlowLogger):
+            client, run_id = lg.experiment, lg.run_id
+            names = ["config.yaml", "report.json", "learning_curves.png"]
+            if log_model:
+                names.append("model.safetensors")
+            for name in names:
+                if (run_dir / name).is_file():
+                    client.log_artifact(run_id, str(run_dir / name))
+            if (run_dir / "test").is_dir():
+                client.log_artifacts(run_id, str(run_dir / "test"), artifact_path="test")

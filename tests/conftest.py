@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tiny test models gain nothing from threads, and spinning OpenMP threads collapse under load.
+torch.set_num_threads(1)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("DEEPFAKE_DETECT_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not path.is_dir():
+        pytest.fail(f"shared material not found at {path}; set DEEPFAKE_DETECT_SHARED")
+    return path
+
+
+def write_face_like(path: Path, label: int, rng: np.random.Generator, size: int = 32) -> None:
+    """A learnable toy image: fakes carry a bright square at a random place."""
+    img = (rng.normal(0.45, 0.12, (size, size, 3)).clip(0, 1) * 255).astype(np.uint8)
+    if label == 1:
+        s = size // 3
+        y, x = rng.integers(0, size - s, 2)
+        img[y : y + s, x : x + s] = 235
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def make_dataset(
+    root: Path,
+    videos_per_class: int = 6,
+    frames: int = 3,
+    size: int = 32,
+    splits: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> Path:
+    """``root/[split/]{real,fake}/<video>_frame_<n>.png``."""
+    rng = np.random.default_rng(seed)
+    for split in splits or (None,):
+        base = root / split if split else root
+        for label, name in ((0, "real"), (1, "fake")):
+            for v in range(videos_per_class):
+                for f in range(frames):
+                    write_face_like(base / name / f"{split or 'v'}{v:03d}_frame_{f}.png", label, rng, size)
+    return root
+
+
+@pytest.fixture
+def toy_dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "toy", splits=("train", "val", "test"))
+
+
+def tiny_config(data: Path | list[Path], out_dir: Path, **train) -> dict:
+    """A config that trains in seconds on the CPU."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(out_dir),
+        "model": {"name": "timm", "timm_name": "test_resnet", "input_size": 32},
+        "data": {
+            "path": [str(p) for p in (data if isinstance(data, list) else [data])],
+            "batch_size": 8,
+            "num_workers": 0,
+            "augment": {"hflip": 0.0},
+        },
+        "train": {
+            "epochs": 2,
+            "optimizer": {"name": "adamw", "lr": 3e-3},
+            "accelerator": "cpu",
+            "devices": 1,
+            **train,
+        },
+        "log": {"every_n_steps": 1, "progress": False, "tensorboard": False},
+    }

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import REPO, make_dataset, tiny_config
+from deepfake_detect.cli import app
+from deepfake_detect.config import load_config
+from deepfake_detect.training.runner import train
+
+runner = CliRunner()
+COMMANDS = ["quickstart", "train", "evaluate", "predict", "models", "config"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_dataset(tmp / "toy", splits=("train", "val", "test"))
+    result = train(load_config(base=tiny_config(data, tmp / "runs")), out=tmp / "run")
+    return result.run_dir, data
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command):
+    result = runner.invoke(app, [command, "--help"], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    assert "Examples" in result.output
+    assert f"deepfake-detect {command}" in result.output
+
+
+def test_evaluate_writes_metrics_predictions_and_plots(trained, tmp_path):
+    run_dir, data = trained
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(run_dir / "model.safetensors"),
+                                 "--data", str(data), "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "toy" / "metrics.json").read_text())
+    assert metrics["frame"]["n"] == 36  # the test split only (--split auto)
+    assert metrics["video"]["n_videos"] == 12
+    assert set(metrics["frame"]) >= {"auc", "eer", "ap", "acc", "precision", "recall", "f1", "macro_f1", "confusion"}
+    with open(out / "toy" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "video", "label", "score"] and len(rows) == 36
+    for name in ("roc.png", "pr.png", "confusion.png", "score_hist.png"):
+        assert (out / "toy" / name).stat().st_size > 1000
+    info = json.loads((out / "run.json").read_text())
+    assert info["git_commit"] and info["deepfake_detect"]
+    assert (out / "config.yaml").is_file()  # the training config the checkpoint carries
+
+
+def test_evaluate_all_split_counts_every_image(trained, tmp_path):
+    run_dir, data = trained
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best.ckpt"),
+                                 "--data", str(data), "--out", str(out), "--split", "all",
+                                 "--workers", "0", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "toy" / "metrics.json").read_text())["frame"]["n"] == 108
+
+
+def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
+    run_dir, data = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+    inputs = [str(data / "test" / "fake"), str(bad), str(tmp_path / "missing.jpg")]
+    result = runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"),
+                                 *inputs, "--out", str(out), "--json", str(tmp_path / "p.json"),
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["filename", "label", "score", "error"]
+    by_name = {Path(r["filename"]).name: r for r in rows}
+    assert by_name["broken.png"]["error"] and by_name["broken.png"]["score"] == ""
+    assert "no such file" in by_name["missing.jpg"]["error"]
+    scored = [r for r in rows if not r["error"]]
+    assert len(scored) == 18
+    # Fakes of the toy task are easy: most are labelled fake at the checkpoint's threshold.
+    assert sum(r["label"] == "1" for r in scored) >= 15
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in scored)
+    assert len(json.loads((tmp_path / "p.json").read_text())) == len(rows)
+
+
+def test_train_command_with_overrides(tmp_path):
+    data = make_dataset(tmp_path / "d", videos_per_class=4, frames=2, splits=("train", "val"))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "runs", epochs=1)))
+    result = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "run"),
+                                 "train.optimizer.lr=0.001", "name=renamed"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["optimizer"]["lr"] == 0.001 and saved["name"] == "renamed"
+    # A second run into the same folder is refused rather than mixing two runs.
+    again = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "run")])
+    assert again.exit_code != 0 and "not empty" in str(again.exception) + again.output
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: xception}\ntrain: {epoch: 3, optimizer: {lr: -1}}\n")
+    with pytest.raises(Exception) as info:
+        load_config(bad)
+    text = str(info.value)
+    assert "train.epoch" in text and "unknown key" in text
+    assert "train.optimizer.lr" in text and "greater than 0" in text
+
+
+def test_unknown_model_key_and_name_are_rejected(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: xcepton}\n")
+    result = runner.invoke(app, ["config", "-c", str(config)])
+    assert result.exit_code != 0
+    assert "xception" in str(result.exception)  # suggests the close name
+    config.write_text("model: {name: xception, hed: {type: mlp}}\n")
+    result = runner.invoke(app, ["config", "-c", str(config)])
+    assert "model.hed" in str(result.exception)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    result = runner.invoke(app, ["config", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output)
+    assert resolved["model"]["name"] and resolved["train"]["epochs"] >= 1
+
+
+def test_readme_config_reference_is_current():
+    from deepfake_detect.models.reference import config_reference
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.S)
+    assert block, "README lacks the config reference markers"
+    assert block.group(1).strip() == config_reference().strip(), (
+        "README config reference is stale: regenerate with `deepfake-detect config --reference`"
+    )
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    assert "uv run deepfake-detect quickstart" in readme
+    assert "uv run pytest" in readme
+    assert "uv run pytest" in (REPO / ".ci" / "run").read_text()
