@@ -41,6 +41,15 @@ def _root(
     """Adapt, evaluate and run face-forgery (deepfake) detectors."""
 
 
+Checkpoint = Annotated[Path, typer.Option(help="A .ckpt or .safetensors written by train.")]
+Threshold = Annotated[
+    float | None, typer.Option(help="Decision threshold (default: the checkpoint's).")
+]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+Workers = Annotated[int | None, typer.Option(help="Data loading workers (default: CPU count, max 8).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")]
+
+
 def _examples(*lines: str) -> str:
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]{line}[/cyan]" for line in lines)
 
@@ -102,15 +111,15 @@ def train(
     )
 )
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="A .ckpt or .safetensors written by train.")],
+    checkpoint: Checkpoint,
     data: Annotated[list[Path], typer.Option(help="Dataset folder or CSV manifest; repeatable.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/evaluate-<time>).")] = None,
     split: Annotated[str, typer.Option(help="auto (test split if present, else all), test, val, train, all.")] = "auto",
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the checkpoint's).")] = None,
+    threshold: Threshold = None,
     video_aggregation: Annotated[str | None, typer.Option(help="mean, max or median of frame scores.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[int | None, typer.Option(help="Data loading workers (default: CPU count, max 8).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
     plots: Annotated[bool, typer.Option(help="Write ROC, PR, confusion and histogram PNGs.")] = True,
 ) -> None:
     """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots."""
@@ -134,14 +143,14 @@ def evaluate(
     )
 )
 def predict(
-    checkpoint: Annotated[Path, typer.Option(help="A .ckpt or .safetensors written by train.")],
+    checkpoint: Checkpoint,
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders of face crops.")],
     out: Annotated[Path | None, typer.Option(help="CSV file (filename,label,score,error).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the checkpoint's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    workers: Annotated[int | None, typer.Option(help="Data loading workers.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    threshold: Threshold = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
 ) -> None:
     """Score images: label 1 = fake at the checkpoint's threshold, score = P(fake)."""
     from deepfake_detect.inference.predict import predict_files, write_predictions

@@ -146,7 +146,9 @@ class EvalConfig(Strict):
 
 class MlflowConfig(Strict):
     enabled: bool = Field(False, description="log params, metrics and artifacts to MLflow")
-    tracking_uri: str | None = Field(None, description="null: file store in the run folder")
+    tracking_uri: str | None = Field(
+        None, description="null: local store <run folder's parent>/mlflow.db (+ mlartifacts/)"
+    )
     experiment: str = Field("deepfake-detect", description="MLflow experiment name")
     log_model: bool = Field(True, description="upload model.safetensors as an artifact")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -38,22 +39,16 @@ class UnsupportedModeError(ValueError):
     """A decoded image whose mode has no conversion to RGB."""
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """The image at ``path`` as an upright 8-bit RGB image.
-
-    Transparent pixels are composited on black; 16- and 32-bit images are scaled to 8 bits
-    (65535 -> 255), not clipped. Raises :class:`ImageLoadError` for unreadable files.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with every decoding failure turned into an :class:`ImageLoadError`."""
     _check_size(path)
     try:
         with warnings.catch_warnings():
-            # PIL warns about odd but readable metadata; the decode below tells what matters
+            # PIL warns about odd but readable metadata; decoding tells what matters
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                im.load()
-                im = _upright(im)
-                return to_rgb(im)
+                yield im
     except ImageLoadError:
         raise
     except UnsupportedModeError as e:
@@ -62,8 +57,19 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise ImageLoadError(path, "not an image file PIL can identify") from None
     except Image.DecompressionBombError as e:
         raise ImageLoadError(path, f"too large to decode safely ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except Exception as e:  # PIL raises assorted types (OSError, SyntaxError, ...) for broken files
         raise ImageLoadError(path, f"truncated or corrupt ({e})") from None
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path`` as an upright 8-bit RGB image.
+
+    Transparent pixels are composited on black; 16- and 32-bit images are scaled to 8 bits
+    (65535 -> 255), not clipped. Raises :class:`ImageLoadError` for unreadable files.
+    """
+    with _opened(Path(path)) as im:
+        im.load()
+        return to_rgb(_upright(im))
 
 
 def _check_size(path: Path) -> None:
@@ -126,22 +132,10 @@ def check_header(path: str | Path) -> None:
     truncated JPEG can pass; such files are skipped when they fail to load during training.
     """
     path = Path(path)
-    _check_size(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                if im.width < 1 or im.height < 1:
-                    raise ImageLoadError(path, f"image has no pixels ({im.width}x{im.height})")
-                im.verify()
-    except ImageLoadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file PIL can identify") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(path, f"too large to decode safely ({e})") from None
-    except Exception as e:  # verify() raises assorted types for broken files
-        raise ImageLoadError(path, f"truncated or corrupt ({e})") from None
+    with _opened(path) as im:
+        if im.width < 1 or im.height < 1:
+            raise ImageLoadError(path, f"image has no pixels ({im.width}x{im.height})")
+        im.verify()
 
 
 def verify_images(

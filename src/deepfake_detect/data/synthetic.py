@@ -492,7 +492,9 @@ def _blur_f(mask: np.ndarray, radius: float) -> np.ndarray:
 def _alter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The altered copy: colour, HSV, brightness/contrast, then resampling, blur or sharpening."""
     h, w = img.shape[:2]
-    out = img.astype(np.float32) + rng.uniform(-20, 20, 3)
+    # A colour shift of random direction but bounded size, so no fake is an unaltered copy.
+    shift = rng.normal(0, 1, 3)
+    out = img.astype(np.float32) + shift / (np.linalg.norm(shift) + 1e-6) * rng.uniform(8, 30)
     # Hue, saturation and value shifts, done as a chroma rotation in YIQ (linear, vectorised).
     yiq = out @ _RGB2YIQ.T
     a = rng.uniform(-0.25, 0.25)
@@ -589,7 +591,7 @@ def _make_identity(job: tuple[Any, ...]) -> dict[str, int]:
         fake = self_blend(real, info, rng)
         for label, arr in (("real", real), ("fake", fake)):
             if rng.random() < jpeg_p:  # both classes, so compression alone says nothing
-                arr = _jpeg(arr, int(rng.integers(60, 96)))
+                arr = _jpeg(arr, int(rng.integers(70, 96)))
             path = Path(out_dir) / split / label / f"{name}_frame_{k:03d}.{ext}"
             if ext == "png":
                 Image.fromarray(arr).save(path, format="PNG", compress_level=1)
@@ -621,7 +623,7 @@ def generate_dataset(
     fmt: str = "png",
     progress: bool = True,
     workers: int | None = None,
-    jpeg_p: float = 0.4,
+    jpeg_p: float = 0.3,
 ) -> dict[str, Any]:
     """Write a synthetic real/fake face dataset to ``out_dir`` and return a summary.
 

@@ -64,11 +64,15 @@ def _loggers(config: ExperimentConfig, run_dir: Path) -> list:
         loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
     mcfg = config.log.mlflow
     if mcfg.enabled:
-        uri = mcfg.tracking_uri or (run_dir / "mlruns").resolve().as_uri()
+        # Default: one local SQLite store beside the run folders, so `mlflow ui` shows every run
+        # (MLflow 3 no longer accepts plain file stores by default).
+        store = run_dir.resolve().parent
+        uri = mcfg.tracking_uri or f"sqlite:///{store / 'mlflow.db'}"
+        artifacts = None if mcfg.tracking_uri else (store / "mlartifacts").as_uri()
         loggers.append(
             MLFlowLogger(
                 experiment_name=mcfg.experiment, run_name=run_dir.name, tracking_uri=uri,
-                log_model=False,
+                artifact_location=artifacts, log_model=False,
             )
         )
     return loggers
@@ -156,6 +160,10 @@ def train(
     if tcfg.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     loggers = _loggers(resolved, run_dir)
+    if rank_zero_only.rank == 0:
+        params = _flatten(resolved.model_dump(mode="json"))
+        for lg in loggers:
+            lg.log_hyperparams(params)
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="epoch"))
     if show_progress:
@@ -216,6 +224,16 @@ def train(
         plot_learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
     _log_mlflow_artifacts(loggers, run_dir, config.log.mlflow.log_model)
     return result
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
