@@ -22,8 +22,9 @@ def _tree(root):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
-    summary = generate_dataset(out, n_identities=10, images_per_identity=2, size=48, seed=3,
-                               progress=False, workers=1)
+    summary = generate_dataset(
+        out, n_identities=10, images_per_identity=2, size=48, seed=3, progress=False, workers=1
+    )
     return out, summary
 
 
@@ -39,10 +40,12 @@ def test_layout_names_and_counts(small):
             total += len(names)
         # every real frame has its self-blended fake under the same name
         assert sorted(p.name for p in (out / split / "real").iterdir()) == sorted(
-            p.name for p in (out / split / "fake").iterdir())
+            p.name for p in (out / split / "fake").iterdir()
+        )
     assert total == summary["images"] == 10 * 2 * 2
-    assert summary["splits"]["train"]["identities"] == 7
-    assert summary["splits"]["val"]["identities"] == summary["splits"]["test"]["identities"] == 2
+    n_ids = {sp: summary["splits"][sp]["identities"] for sp in ("train", "val", "test")}
+    assert n_ids["train"] == 7 and n_ids["val"] + n_ids["test"] == 3
+    assert min(n_ids.values()) >= 1
 
 
 def test_identities_disjoint_across_splits(small):
@@ -69,19 +72,34 @@ def test_images_valid(small):
 
 def test_deterministic_under_seed_and_workers(tmp_path, small):
     out, _ = small
-    again = generate_dataset(tmp_path / "a", n_identities=10, images_per_identity=2, size=48, seed=3,
-                             progress=False, workers=2)
+    again = generate_dataset(
+        tmp_path / "a",
+        n_identities=10,
+        images_per_identity=2,
+        size=48,
+        seed=3,
+        progress=False,
+        workers=2,
+    )
     assert again["images"] == 40
     assert _tree(tmp_path / "a") == _tree(out)
-    other = generate_dataset(tmp_path / "b", n_identities=10, images_per_identity=2, size=48,
-                             seed=4, progress=False, workers=1)
+    other = generate_dataset(
+        tmp_path / "b",
+        n_identities=10,
+        images_per_identity=2,
+        size=48,
+        seed=4,
+        progress=False,
+        workers=1,
+    )
     assert other["images"] == 40
     assert _tree(tmp_path / "b") != _tree(out)
 
 
 def test_jpeg_format(tmp_path):
-    s = generate_dataset(tmp_path, n_identities=3, images_per_identity=1, size=40, seed=0,
-                         fmt="jpeg", progress=False)
+    s = generate_dataset(
+        tmp_path, n_identities=3, images_per_identity=1, size=40, seed=0, fmt="jpeg", progress=False
+    )
     files = sorted(tmp_path.rglob("*.jpg"))
     assert len(files) == s["images"] == 6
     with Image.open(files[0]) as im:

@@ -171,7 +171,7 @@ def predict(
 
 @app.command(epilog=_examples("deepfake-detect models"))
 def models() -> None:
-    """List the registered detectors with their default input size and normalisation."""
+    """List the registered detectors (names usable as model.name)."""
     from deepfake_detect.models.registry import get_entry, list_detectors
 
     table = Table("name", "description")

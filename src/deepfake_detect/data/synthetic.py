@@ -29,17 +29,35 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from deepfake_detect.errors import DataError
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+_SHIFT = (12.0, 32.0)  # size of the fake's RGB colour shift, in 0-255 levels
+_DEGRADE_P = (0.6, 0.25, 0.15)  # the fake's down-up resampling, blur or sharpening
+_SHARPEN = (150, 300)  # unsharp-mask strength, percent
 SPLITS = ("train", "val", "test")
 _SUPERSAMPLE = 2  # faces are drawn at twice the size and reduced, for anti-aliased edges
 
 # Skin tones from dark to light; an identity's tone is a random point on this line plus a tint.
 _SKIN_RAMP = np.array(
-    [[78, 52, 38], [128, 86, 60], [178, 128, 95], [214, 168, 134], [236, 198, 172], [248, 218, 200]],
+    [
+        [78, 52, 38],
+        [128, 86, 60],
+        [178, 128, 95],
+        [214, 168, 134],
+        [236, 198, 172],
+        [248, 218, 200],
+    ],
     dtype=np.float32,
 )
 _HAIR = np.array(
-    [[22, 18, 17], [45, 32, 25], [78, 52, 34], [118, 82, 50], [196, 160, 104], [150, 68, 34],
-     [150, 148, 145], [215, 212, 205]],
+    [
+        [22, 18, 17],
+        [45, 32, 25],
+        [78, 52, 34],
+        [118, 82, 50],
+        [196, 160, 104],
+        [150, 68, 34],
+        [150, 148, 145],
+        [215, 212, 205],
+    ],
     dtype=np.float32,
 )
 _HAIR_P = np.array([0.24, 0.22, 0.16, 0.12, 0.1, 0.06, 0.06, 0.04])
@@ -203,8 +221,12 @@ def render_face(
     n = size * _SUPERSAMPLE
     ox, oy = 0.5, 0.47
     pose = _Pose(
-        cx=rng.normal(0, 0.025), cy=rng.normal(0, 0.025), scale=rng.uniform(0.92, 1.08),
-        rot=math.radians(rng.normal(0, 5)), ox=ox, oy=oy,
+        cx=rng.normal(0, 0.025),
+        cy=rng.normal(0, 0.025),
+        scale=rng.uniform(0.92, 1.08),
+        rot=math.radians(rng.normal(0, 5)),
+        ox=ox,
+        oy=oy,
     )
     smile = rng.uniform(-0.3, 1.0)
     mouth_open = rng.uniform(0, 0.6) if rng.random() < 0.35 else 0.0
@@ -234,17 +256,35 @@ def render_face(
     head_top = _ellipse(ox, oy - 0.06 * fh, fw * 1.12, fh * 1.1, 40)
     if ident.hair_style >= 2:  # hair behind the head, down to the jaw or the shoulders
         drop = 1.0 if ident.hair_style == 2 else 1.9
-        back = np.concatenate([head_top[head_top[:, 1] < oy],
-                               [[ox + fw * 1.2, oy + fh * drop], [ox - fw * 1.2, oy + fh * drop]]])
+        back = np.concatenate(
+            [
+                head_top[head_top[:, 1] < oy],
+                [[ox + fw * 1.2, oy + fh * drop], [ox - fw * 1.2, oy + fh * drop]],
+            ]
+        )
         back = back[np.argsort(np.arctan2(back[:, 1] - oy, back[:, 0] - ox))]
         poly(back, hair)
     poly(_ellipse(ox, oy + fh + 0.36, fw * 2.3, 0.3, 40), _rgb(ident.clothes))
-    neck = np.array([[ox - 0.55 * fw, oy + 0.3 * fh], [ox + 0.55 * fw, oy + 0.3 * fh],
-                     [ox + 0.6 * fw, oy + fh + 0.12], [ox - 0.6 * fw, oy + fh + 0.12]])
+    neck = np.array(
+        [
+            [ox - 0.55 * fw, oy + 0.3 * fh],
+            [ox + 0.55 * fw, oy + 0.3 * fh],
+            [ox + 0.6 * fw, oy + fh + 0.12],
+            [ox - 0.6 * fw, oy + fh + 0.12],
+        ]
+    )
     poly(neck, _rgb(skin, 0.82))
     for side in (-1, 1):
-        poly(_ellipse(ox + side * fw * 0.98, oy + ident.eye_y * fh + 0.05,
-                      ident.ear * fw, ident.ear * fh * 1.6, 16), _rgb(skin, 0.92))
+        poly(
+            _ellipse(
+                ox + side * fw * 0.98,
+                oy + ident.eye_y * fh + 0.05,
+                ident.ear * fw,
+                ident.ear * fh * 1.6,
+                16,
+            ),
+            _rgb(skin, 0.92),
+        )
     poly(face, _rgb(skin))
 
     mouth_c = np.array([ox, oy + ident.mouth_y * fh])
@@ -263,7 +303,9 @@ def render_face(
         rx = ident.eye_w * fw
         xs = np.linspace(-1, 1, 11)
         up = np.stack([ec[0] + rx * xs, ec[1] - rx * 0.55 * eye_open * np.sqrt(1 - xs**2)], 1)
-        lo = np.stack([ec[0] + rx * xs, ec[1] + rx * 0.4 * max(eye_open, 0.2) * np.sqrt(1 - xs**2)], 1)
+        lo = np.stack(
+            [ec[0] + rx * xs, ec[1] + rx * 0.4 * max(eye_open, 0.2) * np.sqrt(1 - xs**2)], 1
+        )
         eye = np.concatenate([up, lo[::-1]])
         eye_mask = Image.new("L", (n, n), 0)
         poly(eye, 255, ImageDraw.Draw(eye_mask))
@@ -283,8 +325,9 @@ def render_face(
         by = ec[1] - (ident.brow_gap + brow_up) * fh - ident.brow_arch * fh * (1 - bx**2)
         bx = ec[0] + side * 0.1 * rx + bw * bx
         thick = ident.brow_thick * fh * (1.2 - 0.4 * side * np.linspace(-1, 1, 9))
-        brow = np.concatenate([np.stack([bx, by - thick / 2], 1),
-                               np.stack([bx, by + thick / 2], 1)[::-1]])
+        brow = np.concatenate(
+            [np.stack([bx, by - thick / 2], 1), np.stack([bx, by + thick / 2], 1)[::-1]]
+        )
         brow_col = np.asarray(ident.hair) * 0.6 + skin * 0.15
         poly(brow, _rgb(brow_col))
         brow_lm += list(np.stack([bx, by - thick / 2], 1)[::2])
@@ -293,14 +336,31 @@ def render_face(
     ny = oy + (ident.eye_y + 0.05) * fh
     tip = np.array([ox, ny + ident.nose_len * 1.6 * fh])
     nw = ident.nose_w * fw
-    shade = np.array([[ox + 0.08 * fw, ny], [ox + 0.16 * fw, ny],
-                      [tip[0] + nw, tip[1] - 0.02], [tip[0] + 0.2 * nw, tip[1] - 0.01]])
+    shade = np.array(
+        [
+            [ox + 0.08 * fw, ny],
+            [ox + 0.16 * fw, ny],
+            [tip[0] + nw, tip[1] - 0.02],
+            [tip[0] + 0.2 * nw, tip[1] - 0.01],
+        ]
+    )
     poly(shade, _rgb(skin, 0.86))
-    line(np.stack([tip[0] + nw * np.linspace(-1, 1, 7),
-                   tip[1] + 0.02 * fh * (1 - np.linspace(-1, 1, 7) ** 2)], 1), _rgb(skin, 0.7), 0.01)
+    line(
+        np.stack(
+            [
+                tip[0] + nw * np.linspace(-1, 1, 7),
+                tip[1] + 0.02 * fh * (1 - np.linspace(-1, 1, 7) ** 2),
+            ],
+            1,
+        ),
+        _rgb(skin, 0.7),
+        0.01,
+    )
     for side in (-1, 1):
-        poly(_ellipse(tip[0] + side * 0.5 * nw, tip[1] - 0.005, 0.22 * nw, 0.1 * nw, 10),
-             _rgb(skin, 0.45))
+        poly(
+            _ellipse(tip[0] + side * 0.5 * nw, tip[1] - 0.005, 0.22 * nw, 0.1 * nw, 10),
+            _rgb(skin, 0.45),
+        )
 
     # Mouth: lips whose corners rise with the smile; an open mouth shows a dark gap and teeth.
     mw = ident.mouth_w * fw
@@ -308,18 +368,27 @@ def render_face(
     corner_lift = smile * 0.07 * fh
     mid = mouth_c[1] - corner_lift * xs**2
     gap = mouth_open * 0.12 * fh
-    upper_top = mid - ident.lip_thick * fh * (np.sqrt(1 - xs**2) + 0.25 * np.exp(-(xs / 0.15) ** 2))
+    upper_top = mid - ident.lip_thick * fh * (
+        np.sqrt(1 - xs**2) + 0.25 * np.exp(-((xs / 0.15) ** 2))
+    )
     lower_bot = mid + gap + ident.lip_thick * fh * 1.3 * np.sqrt(1 - xs**2)
     mx = mouth_c[0] + mw * xs
     lips = np.concatenate([np.stack([mx, upper_top], 1), np.stack([mx, lower_bot], 1)[::-1]])
     poly(lips, _rgb(ident.lip))
     if gap > 0:
-        inner = np.concatenate([np.stack([mx[1:-1], mid[1:-1]], 1),
-                                np.stack([mx[1:-1], mid[1:-1] + gap * np.sqrt(1 - xs[1:-1] ** 2)],
-                                         1)[::-1]])
+        inner = np.concatenate(
+            [
+                np.stack([mx[1:-1], mid[1:-1]], 1),
+                np.stack([mx[1:-1], mid[1:-1] + gap * np.sqrt(1 - xs[1:-1] ** 2)], 1)[::-1],
+            ]
+        )
         poly(inner, (45, 18, 20))
-        teeth = np.concatenate([np.stack([mx[2:-2], mid[2:-2]], 1),
-                                np.stack([mx[2:-2], mid[2:-2] + gap * 0.35], 1)[::-1]])
+        teeth = np.concatenate(
+            [
+                np.stack([mx[2:-2], mid[2:-2]], 1),
+                np.stack([mx[2:-2], mid[2:-2] + gap * 0.35], 1)[::-1],
+            ]
+        )
         poly(teeth, (225, 220, 205))
     else:
         line(np.stack([mx, mid], 1), _rgb(ident.lip, 0.55), 0.008)
@@ -331,7 +400,6 @@ def render_face(
         top = head_top[head_top[:, 1] < oy - 0.15 * fh]
         top = top[np.argsort(top[:, 0])]
         cap = np.concatenate([top, np.stack([ox + fw * hx, hl], 1)[::-1]])
-        cap = cap[np.argsort(np.arctan2(cap[:, 1] - (oy - 0.3 * fh), cap[:, 0] - ox))]
         poly(cap, hair)
         for _ in range(12):  # strands: short lighter/darker strokes combed outwards
             u = rng.uniform(-0.9, 0.9)
@@ -344,14 +412,20 @@ def render_face(
             ec = (ox + side * ident.eye_dx * fw, oy + ident.eye_y * fh)
             ring = _ellipse(ec[0], ec[1], ident.eye_w * fw * 1.6, ident.eye_w * fw * 1.2, 24)
             line(np.concatenate([ring, ring[:1]]), (25, 25, 30), 0.012)
-        line(np.array([[ox - 0.2 * fw, oy + ident.eye_y * fh],
-                       [ox + 0.2 * fw, oy + ident.eye_y * fh]]), (25, 25, 30), 0.01)
+        line(
+            np.array(
+                [[ox - 0.2 * fw, oy + ident.eye_y * fh], [ox + 0.2 * fw, oy + ident.eye_y * fh]]
+            ),
+            (25, 25, 30),
+            0.01,
+        )
 
     img = img.resize((size, size), Image.BOX)
     jaw = face[uy >= -0.15]
     nose_lm = np.stack([tip + (0, 0), tip + (-nw, 0), tip + (nw, 0), (ox, ny)])
-    mouth_lm = np.stack([[mx[0], mid[0]], [mx[-1], mid[-1]], [mouth_c[0], upper_top[6]],
-                         [mouth_c[0], lower_bot[6]]])
+    mouth_lm = np.stack(
+        [[mx[0], mid[0]], [mx[-1], mid[-1]], [mouth_c[0], upper_top[6]], [mouth_c[0], lower_bot[6]]]
+    )
     landmarks = pose(np.concatenate([jaw, np.array(brow_lm), np.array(eye_lm), nose_lm, mouth_lm]))
     face_mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(face_mask).polygon([tuple(p) for p in pose(face) * size], fill=1)
@@ -474,8 +548,11 @@ def _deform_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     g = 4
     amp = 0.06 * ext
     fields = [
-        np.asarray(Image.fromarray(rng.normal(0, amp, (g, g)).astype(np.float32))
-                   .resize((w, h), Image.BICUBIC))
+        np.asarray(
+            Image.fromarray(rng.normal(0, amp, (g, g)).astype(np.float32)).resize(
+                (w, h), Image.BICUBIC
+            )
+        )
         for _ in range(2)
     ]
     yy, xx = np.mgrid[0:h, 0:w]
@@ -494,7 +571,7 @@ def _alter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     # A colour shift of random direction but bounded size, so no fake is an unaltered copy.
     shift = rng.normal(0, 1, 3)
-    out = img.astype(np.float32) + shift / (np.linalg.norm(shift) + 1e-6) * rng.uniform(8, 30)
+    out = img.astype(np.float32) + shift / (np.linalg.norm(shift) + 1e-6) * rng.uniform(*_SHIFT)
     # Hue, saturation and value shifts, done as a chroma rotation in YIQ (linear, vectorised).
     yiq = out @ _RGB2YIQ.T
     a = rng.uniform(-0.25, 0.25)
@@ -508,16 +585,20 @@ def _alter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     m = out.mean()
     out = (out - m) * rng.uniform(0.85, 1.15) + m * rng.uniform(0.9, 1.1)
     pil = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
-    kind = rng.choice(3, p=[0.5, 0.25, 0.25])
+    kind = rng.choice(3, p=_DEGRADE_P)
     if kind == 0:
         f = int(rng.choice([2, 4]))
-        pil = pil.resize((max(1, w // f), max(1, h // f)), Image.BILINEAR).resize((w, h),
-                                                                                  Image.BILINEAR)
+        pil = pil.resize((max(1, w // f), max(1, h // f)), Image.BILINEAR).resize(
+            (w, h), Image.BILINEAR
+        )
     elif kind == 1:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.5)))
     else:
-        pil = pil.filter(ImageFilter.UnsharpMask(radius=rng.uniform(1, 2),
-                                                 percent=int(rng.uniform(60, 160)), threshold=0))
+        pil = pil.filter(
+            ImageFilter.UnsharpMask(
+                radius=rng.uniform(1, 2), percent=int(rng.uniform(*_SHARPEN)), threshold=0
+            )
+        )
     return np.asarray(pil, np.float32)
 
 
@@ -562,7 +643,9 @@ def self_blend(
 def _split_identities(n: int, splits: tuple[float, ...], rng: np.random.Generator) -> list[str]:
     fr = np.asarray(splits, dtype=np.float64)
     if len(fr) != 3 or (fr < 0).any() or fr.sum() <= 0:
-        raise DataError("generate_dataset: splits must be three non-negative fractions (train, val, test)")
+        raise DataError(
+            "generate_dataset: splits must be three non-negative fractions (train, val, test)"
+        )
     fr = fr / fr.sum()
     counts = np.floor(fr * n).astype(int)
     for i in np.argsort(-(fr * n - counts)):  # hand out the remainder by largest fraction
@@ -615,8 +698,8 @@ Generated with seed={seed}, size={size}px, {n_ids} identities x {frames} frames.
 
 def generate_dataset(
     out_dir: str | Path,
-    n_identities: int = 120,
-    images_per_identity: int = 12,
+    n_identities: int = 200,
+    images_per_identity: int = 10,
     size: int = 96,
     seed: int = 0,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
@@ -649,8 +732,10 @@ def generate_dataset(
     for sp in SPLITS:
         for label in ("real", "fake"):
             (out / sp / label).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), names[i], assign[i], id_seqs[i], images_per_identity, size, fmt, jpeg_p)
-            for i in range(n_identities)]
+    jobs = [
+        (str(out), names[i], assign[i], id_seqs[i], images_per_identity, size, fmt, jpeg_p)
+        for i in range(n_identities)
+    ]
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = max(1, min(workers, n_identities))
@@ -669,16 +754,31 @@ def generate_dataset(
             tick()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(_make_identity, jobs, chunksize=max(1, n_identities // (workers * 8))):
+            for _ in pool.map(
+                _make_identity, jobs, chunksize=max(1, n_identities // (workers * 8))
+            ):
                 tick()
-    counts = {sp: {"identities": assign.count(sp), "real": assign.count(sp) * images_per_identity,
-                   "fake": assign.count(sp) * images_per_identity} for sp in SPLITS}
+    counts = {
+        sp: {
+            "identities": assign.count(sp),
+            "real": assign.count(sp) * images_per_identity,
+            "fake": assign.count(sp) * images_per_identity,
+        }
+        for sp in SPLITS
+    }
     ext = "jpg" if fmt == "jpg" else "png"
-    (out / "README.txt").write_text(_README.format(
-        ext=ext, jpeg_p=jpeg_p, ratios=list(BLEND_RATIOS), seed=seed, size=size, n_ids=n_identities,
-        frames=images_per_identity,
-        counts=", ".join(f"{sp} {c['identities']}" for sp, c in counts.items()),
-    ))
+    (out / "README.txt").write_text(
+        _README.format(
+            ext=ext,
+            jpeg_p=jpeg_p,
+            ratios=list(BLEND_RATIOS),
+            seed=seed,
+            size=size,
+            n_ids=n_identities,
+            frames=images_per_identity,
+            counts=", ".join(f"{sp} {c['identities']}" for sp, c in counts.items()),
+        )
+    )
     return {
         "out_dir": str(out),
         "size": size,
