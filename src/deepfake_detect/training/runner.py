@@ -159,6 +159,8 @@ def train(
     cbs: list[Callback] = [checkpoint_cb, last_cb, *(callbacks or [])]
     if tcfg.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
+    # Read before the CSV logger starts: it deletes an existing metrics.csv.
+    history = _read_csv(run_dir / "metrics.csv") if resumed else []
     loggers = _loggers(resolved, run_dir)
     if rank_zero_only.rank == 0:
         params = _flatten(resolved.model_dump(mode="json"))
@@ -188,7 +190,6 @@ def train(
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
     )
-    history = _read_csv(run_dir / "metrics.csv") if resumed else []
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resumed else None, weights_only=True)
     if history and trainer.global_rank == 0:
         _prepend_history(run_dir / "metrics.csv", history)
