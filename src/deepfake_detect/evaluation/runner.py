@@ -14,7 +14,7 @@ import numpy as np
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
 from deepfake_detect.errors import DataError
 from deepfake_detect.evaluation.aggregation import aggregate_videos
-from deepfake_detect.evaluation.metrics import binary_metrics
+from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
 from deepfake_detect.inference.scoring import score_files
 from deepfake_detect.models.detector import Detector
@@ -37,18 +37,6 @@ def select_split(samples: Sequence[Sample], split: str, dataset: str) -> list[Sa
             "use --split all to evaluate everything"
         )
     return chosen
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
 
 
 def evaluate_samples(
@@ -89,7 +77,7 @@ def evaluate_samples(
         "skipped": len(skipped),
         "skipped_files": skipped,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2), "utf-8")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "video", "label", "score"])
@@ -173,5 +161,5 @@ def evaluate_checkpoint(
                "skipped": m["skipped"]}
         for name, m in results.items()
     }
-    (out_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2), "utf-8")
+    (out_dir / "summary.json").write_text(json.dumps(metrics_to_json(summary), indent=2), "utf-8")
     return results

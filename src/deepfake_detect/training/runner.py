@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from deepfake_detect.config.schema import ExperimentConfig
 from deepfake_detect.data.datamodule import FaceDataModule
 from deepfake_detect.errors import ConfigError
+from deepfake_detect.evaluation.metrics import metrics_to_json
 from deepfake_detect.evaluation.runner import evaluate_samples
 from deepfake_detect.models.checkpoint import export_safetensors, load_checkpoint
 from deepfake_detect.models.registry import build_detector, validate_model_config
@@ -282,9 +283,7 @@ def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monito
         "test": result.test_metrics and {k: result.test_metrics[k] for k in ("frame", "video")},
         "seconds": round(seconds, 1),
     }
-    from deepfake_detect.evaluation.runner import _json_safe
-
-    (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2), "utf-8")
+    (run_dir / "report.json").write_text(json.dumps(metrics_to_json(report), indent=2), "utf-8")
 
 
 def _log_mlflow_artifacts(loggers: list, run_dir: Path, log_model: bool) -> None:
