@@ -84,3 +84,34 @@ def tiny_config(data: Path | list[Path], out_dir: Path, **train) -> dict:
         },
         "log": {"every_n_steps": 1, "progress": False, "tensorboard": False},
     }
+
+
+def write_video(path: Path, frames, fps: int = 10, codec: str = "mpeg4") -> Path:
+    """Encode ``frames`` (H x W x 3 uint8 RGB arrays, even sizes) with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = list(frames)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def square_frames(n: int, size: tuple[int, int] = (96, 128), empty: tuple[int, ...] = ()) -> list:
+    """Dark frames with a bright square ("face") drifting right; frames in ``empty`` have none."""
+    h, w = size
+    out = []
+    for i in range(n):
+        img = np.full((h, w, 3), 30, np.uint8)
+        if i not in empty:
+            x = 10 + (i * 3) % (w - 50)
+            img[20:60, x : x + 40] = 220
+        out.append(img)
+    return out

@@ -15,7 +15,7 @@ from deepfake_detect.config import load_config
 from deepfake_detect.training.runner import train
 
 runner = CliRunner()
-COMMANDS = ["quickstart", "train", "evaluate", "predict", "models", "config"]
+COMMANDS = ["quickstart", "train", "evaluate", "predict", "prepare", "synthesize", "models", "config"]
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,32 @@ def test_readme_commands_are_the_ones_ci_runs():
     assert "uv run deepfake-detect quickstart" in readme
     assert "uv run pytest" in readme
     assert "uv run pytest" in (REPO / ".ci" / "run").read_text()
+
+
+def test_prepare_command_on_photos_and_bad_settings(tmp_path, shared):
+    photos = tmp_path / "in" / "real"
+    photos.mkdir(parents=True)
+    for name in ("two_people.jpg", "paul_rudd.jpg"):
+        (photos / name).write_bytes((shared / "media" / "faces" / name).read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    result = runner.invoke(app, [
+        "prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--select", "all",
+        "--size", "48", "--format", "jpg", "--device", "cpu", "--detect-size", "640",
+    ], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "face crops written" in result.output and "failure: unreadable" in result.output
+    crops = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg"))
+    assert crops == ["real/paul_rudd/00000_0.jpg", "real/two_people/00000_0.jpg", "real/two_people/00000_1.jpg"]
+    bad = runner.invoke(app, ["prepare", str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--crop", "squash"])
+    assert "prepare.crop.mode" in str(bad.exception) and "'box' or 'align'" in str(bad.exception)
+
+
+def test_synthesize_command(tmp_path, shared):
+    lm = shared / "media" / "landmarks"
+    result = runner.invoke(app, [
+        "synthesize", str(lm / "000_0000.png"), str(lm / "001_0000.png"), "--landmarks",
+        str(lm / "precomputed_landmarks.json"), "--out", str(tmp_path / "sbi"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "2 fakes written" in result.output
+    assert len(list((tmp_path / "sbi" / "fake").rglob("*.png"))) == 2

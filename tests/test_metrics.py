@@ -281,6 +281,36 @@ def test_aggregate_groups_by_exact_id() -> None:
     assert {"mean", "max", "median"} <= set(AGGREGATORS)
 
 
+def test_sbi_aggregation_takes_max_face_per_frame() -> None:
+    # frame 0 has faces 0.2 and 0.8, frame 1 has 0.4: (0.8 + 0.4) / 2, not the mean of three
+    _, _, vs = aggregate_videos(
+        ["v", "v", "v"], [1, 1, 1], [0.2, 0.8, 0.4], how="sbi", frames=["v/0", "v/0", "v/1"]
+    )
+    np.testing.assert_allclose(vs, [0.6])
+    _, _, mean = aggregate_videos(["v"] * 3, [1] * 3, [0.2, 0.8, 0.4], how="sbi")
+    np.testing.assert_allclose(mean, [np.mean([0.2, 0.8, 0.4])])  # no frame ids: plain mean
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        # 14 of 20 above 0.8 (> 20 / 2.5 = 8 and > 11): mean of the confident fakes
+        ([0.9] * 14 + [0.1] * 6, 0.9),
+        # 12 of 32 above 0.8 is not more than 32 / 2.5 = 12.8: falls through to the plain mean
+        ([0.95] * 12 + [0.5] * 20, (0.95 * 12 + 0.5 * 20) / 32),
+        # only 11 above: not more than 11, plain mean
+        ([0.9] * 11 + [0.85] * 0 + [0.5] * 4, (0.9 * 11 + 0.5 * 4) / 15),
+        # 19 of 20 below 0.2 (> 0.9 n): mean of the confident reals
+        ([0.1] * 19 + [0.7], 0.1),
+        # 18 of 20 below 0.2 is not more than 18: plain mean
+        ([0.1] * 18 + [0.7, 0.7], (0.1 * 18 + 1.4) / 20),
+    ],
+)
+def test_confident_strategy(scores: list[float], expected: float) -> None:
+    _, _, vs = aggregate_videos(["v"] * len(scores), [1] * len(scores), scores, how="confident")
+    np.testing.assert_allclose(vs, [expected])
+
+
 def test_aggregate_mixed_labels_names_video() -> None:
     with pytest.raises(DataError, match="'a/001'"):
         aggregate_videos(["a/001", "a/001", "b/001"], [0, 1, 1], [0.1, 0.2, 0.3])

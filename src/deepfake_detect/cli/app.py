@@ -116,7 +116,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/evaluate-<time>).")] = None,
     split: Annotated[str, typer.Option(help="auto (test split if present, else all), test, val, train, all.")] = "auto",
     threshold: Threshold = None,
-    video_aggregation: Annotated[str | None, typer.Option(help="mean, max or median of frame scores.")] = None,
+    video_aggregation: Annotated[str | None, typer.Option(help="mean, max, median, sbi or confident.")] = None,
     batch_size: BatchSize = 64,
     workers: Workers = None,
     device: Device = "auto",
@@ -139,34 +139,150 @@ def evaluate(
 @app.command(
     epilog=_examples(
         "deepfake-detect predict --checkpoint runs/x1/model.safetensors faces/ --out preds.csv",
-        "deepfake-detect predict --checkpoint best.ckpt a.jpg b.png --json preds.json",
+        "deepfake-detect predict --checkpoint best.ckpt clip.mp4 videos/ --aggregation confident --per-frame faces.csv",
+        "deepfake-detect predict --checkpoint best.ckpt photo.jpg --detect-faces --json preds.json",
     )
 )
 def predict(
     checkpoint: Checkpoint,
-    inputs: Annotated[list[Path], typer.Argument(help="Images or folders of face crops.")],
-    out: Annotated[Path | None, typer.Option(help="CSV file (filename,label,score,error).")] = None,
+    inputs: Annotated[list[Path], typer.Argument(help="Face crops, photos, videos or folders of them.")],
+    out: Annotated[Path | None, typer.Option(help="CSV file (filename,label,score,frames,faces,error).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
     threshold: Threshold = None,
+    detect_faces: Annotated[bool, typer.Option(help="Detect and crop faces in photos too (videos always).")] = False,
+    aggregation: Annotated[str, typer.Option(help="Per-file score from face scores: mean, sbi, confident, max, median.")] = "mean",
+    per_frame: Annotated[Path | None, typer.Option(help="Also write one row per scored face here (CSV).")] = None,
     batch_size: BatchSize = 64,
     workers: Workers = None,
     device: Device = "auto",
 ) -> None:
-    """Score images: label 1 = fake at the checkpoint's threshold, score = P(fake)."""
-    from deepfake_detect.inference.predict import predict_files, write_predictions
+    """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
+
+    Videos (and photos with --detect-faces) are cut into faces with the settings the checkpoint
+    was trained with; a file without a face gets an error, not a score.
+    """
+    from deepfake_detect.inference.predict import predict_files, write_per_face, write_predictions
     from deepfake_detect.models.checkpoint import load_checkpoint
 
     detector = load_checkpoint(checkpoint)
+    faces: list = []
     rows = predict_files(
         detector, inputs, threshold=detector.threshold if threshold is None else threshold,
-        batch_size=batch_size, num_workers=workers, device=device,
+        batch_size=batch_size, num_workers=workers, device=device, detect_faces=detect_faces,
+        aggregation=aggregation, per_face=faces,
     )
     if out is None and json_out is None:
         write_predictions(rows, sys.stdout)
     else:
         write_predictions(rows, out, json_out)
+    if per_frame is not None:
+        write_per_face(faces, per_frame)
     failed = sum(1 for r in rows if r.error)
     console.print(f"{len(rows) - failed} scored, {failed} failed" + (f" -> {out}" if out else ""))
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect prepare /data/videos --out /data/faces",
+        "deepfake-detect prepare train/ val/ --out crops --frames 16 --crop align --workers 4",
+        "deepfake-detect prepare dfdc_train_part_0/ --out dfdc_faces --select all --format jpg --quality 95",
+        "deepfake-detect prepare clips/*.mp4 --label real --out real_faces",
+    )
+)
+def prepare(
+    inputs: Annotated[list[Path], typer.Argument(help="Videos, photos, folders (label/split folders, DFDC metadata.json) or CSV manifests.")],
+    out: Annotated[Path, typer.Option(help="Output folder: crops, manifest.csv, prepare.json.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with a prepare section (or an experiment config).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per video, evenly spaced [default: 32].")] = None,
+    sampling: Annotated[str | None, typer.Option(help="even, every (every k-th frame) or all.")] = None,
+    every: Annotated[int | None, typer.Option(help="k for --sampling every.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Face detector: mtcnn (built in), dlib, retinaface.")] = None,
+    detector_model: Annotated[Path | None, typer.Option(help="Model file for dlib (shape predictor) or retinaface.")] = None,
+    device: Annotated[str | None, typer.Option(help="Face detection device: auto, cpu, cuda.")] = None,
+    detect_size: Annotated[int | None, typer.Option(help="Longest frame side used for detection [default: 960].")] = None,
+    min_face: Annotated[int | None, typer.Option(help="Smallest face side in pixels [default: 40].")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Minimum detector score [default: 0.9].")] = None,
+    select: Annotated[str | None, typer.Option(help="largest, all (tracked) or relative.")] = None,
+    min_relative_size: Annotated[float | None, typer.Option(help="For --select relative [default: 0.5].")] = None,
+    crop: Annotated[str | None, typer.Option(help="box (square x margin) or align (5-point ArcFace).")] = None,
+    margin: Annotated[float | None, typer.Option(help="Crop side / face side [default: 1.3].")] = None,
+    size: Annotated[int | None, typer.Option(help="Crop side in pixels [default: 256].")] = None,
+    image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
+    quality: Annotated[int | None, typer.Option(help="JPEG quality [default: 95].")] = None,
+    label: Annotated[str | None, typer.Option(help="Label for inputs outside label folders: real or fake.")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes (0: in this process).")] = 0,
+) -> None:
+    """Turn videos and photos into face crops plus a manifest.csv the training loader reads.
+
+    Frames without a face are listed in the manifest with the reason; a rerun into the same
+    --out skips finished videos and redoes unfinished ones.
+    """
+    from deepfake_detect.config.loading import read_yaml, validate
+    from deepfake_detect.config.schema import PrepareConfig
+    from deepfake_detect.data.labels import parse_label
+    from deepfake_detect.data.prepare import prepare as run_prepare
+
+    base: dict = {}
+    if config is not None:
+        raw = read_yaml(config)
+        base = raw.get("prepare", raw) if isinstance(raw, dict) else {}
+    given = {
+        "frames": {"count": frames, "sampling": sampling, "every": every},
+        "detect": {
+            "backend": detector, "model_path": detector_model, "device": device,
+            "detect_size": detect_size, "min_face": min_face, "min_score": min_score,
+        },
+        "crop": {
+            "select": select, "min_relative_size": min_relative_size, "mode": crop,
+            "margin": margin, "size": size, "format": image_format, "quality": quality,
+        },
+    }
+    for section, values in given.items():
+        base.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    settings = validate(PrepareConfig, base, "prepare", str(config or ""))
+    label_value = None
+    if label is not None:
+        label_value = parse_label(label)
+        if label_value is None:
+            raise typer.BadParameter(f"--label {label!r}: use real or fake")
+    report = run_prepare(inputs, out, settings, label=label_value, workers=workers)
+    table = Table(title="prepare", show_header=False)
+    for key, value in report.table():
+        table.add_row(key, value)
+    out_console.print(table)
+    for path, reason in report.problems[:10]:
+        console.print(f"[yellow]left out[/yellow] {escape(path)}: {escape(reason)}")
+    for note in report.notes[:10]:
+        console.print(f"[dim]{escape(note)}[/dim]")
+    console.print(f"manifest: {report.manifest}")
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect synthesize faces/manifest.csv --out sbi_data",
+        "deepfake-detect synthesize crops/real --landmarks landmarks.json --out sbi_data --per-image 2",
+    )
+)
+def synthesize(
+    inputs: Annotated[list[Path], typer.Argument(help="Real face crops: folders, images or a prepare manifest.csv.")],
+    out: Annotated[Path, typer.Option(help="Output dataset folder (real/, fake/, manifest.csv).")],
+    landmarks: Annotated[Path | None, typer.Option(help="Landmarks JSON (name -> [[x, y], ...]) or a prepare manifest.")] = None,
+    per_image: Annotated[int, typer.Option(help="Fakes made from each real crop.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same fakes).")] = 0,
+    keep_real: Annotated[bool, typer.Option(help="Copy the reals into the output dataset.")] = True,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 0,
+) -> None:
+    """Make self-blended fakes (SBI) from real face crops, to train from real-only data."""
+    from deepfake_detect.data.synthesize import synthesize as run_synthesize
+
+    report = run_synthesize(
+        list(inputs), out, landmarks=landmarks, per_image=per_image, seed=seed,
+        workers=workers, keep_real=keep_real,
+    )
+    console.print(f"{report.made} fakes written, {len(report.skipped)} images skipped")
+    for path, reason in report.skipped[:10]:
+        console.print(f"[yellow]skipped[/yellow] {escape(str(path))}: {escape(reason)}")
+    console.print(f"manifest: {report.manifest}")
 
 
 @app.command(epilog=_examples("deepfake-detect models"))

@@ -7,6 +7,10 @@ from deepfake_detect.config.loading import (
 )
 from deepfake_detect.config.schema import (
     AugmentConfig,
+    CropConfig,
+    DetectConfig,
+    FramesConfig,
+    PrepareConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -21,6 +25,10 @@ from deepfake_detect.config.schema import (
 
 __all__ = [
     "AugmentConfig",
+    "CropConfig",
+    "DetectConfig",
+    "FramesConfig",
+    "PrepareConfig",
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",

@@ -137,8 +137,10 @@ class ThresholdConfig(Strict):
 
 
 class EvalConfig(Strict):
-    video_aggregation: Literal["mean", "max", "median"] = Field(
-        "mean", description="video score from frame scores"
+    video_aggregation: Literal["mean", "max", "median", "sbi", "confident"] = Field(
+        "mean",
+        description="video score from face scores: mean, max, median; sbi: max face per frame "
+        "then mean; confident: the DFDC winners' confident strategy",
     )
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     plots: bool = Field(True, description="write ROC/PR/confusion/histogram PNGs")
@@ -161,6 +163,74 @@ class LogConfig(Strict):
     progress: bool = Field(True, description="progress bars")
 
 
+class FramesConfig(Strict):
+    """Which frames of a video are used."""
+
+    sampling: Literal["even", "every", "all"] = Field(
+        "even", description="even: `count` frames evenly spaced; every: every k-th; all"
+    )
+    count: int = Field(32, ge=1, description="frames per video for 'even' (fewer if shorter)")
+    every: int = Field(1, ge=1, description="k for 'every'")
+
+
+class DetectConfig(Strict):
+    """Face detection on frames and photos."""
+
+    backend: str = Field("mtcnn", description="mtcnn (offline, built in), dlib, retinaface")
+    model_path: Path | None = Field(
+        None, description="model file: dlib shape predictor (68/81 points), RetinaFace weights"
+    )
+    device: str = Field("auto", description="auto (GPU when there is one), cpu, cuda, cuda:1")
+    detect_size: int | None = Field(
+        960, ge=64, description="frames are shrunk to this longest side for detection; null: full"
+    )
+    min_face: int = Field(40, ge=8, description="smallest face side searched, in frame pixels")
+    min_face_fraction: float = Field(
+        0.1, ge=0, lt=1,
+        description="and at least this fraction of the frame's shorter side (speed: MTCNN's cost "
+        "grows with (1/min face)^2); 0: min_face only",
+    )
+    min_score: float = Field(0.9, ge=0, le=1, description="detector score below which a face is dropped")
+    coarse_fraction: float | None = Field(
+        None, gt=0, lt=1,
+        description="speed: a first pass looks only for faces of at least this fraction of the "
+        "shorter side; frames whose selection may need smaller faces get a full pass (not used "
+        "with crop.select all; pays off on close-up footage, e.g. 0.2); null: one full pass",
+    )
+    stage_thresholds: tuple[float, float, float] = Field(
+        (0.7, 0.7, 0.7),
+        description="MTCNN P-, R- and O-net score thresholds (facenet's 0.6 first stage finds "
+        "the same faces here but passes ~30% more candidates on)",
+    )
+    batch_size: int = Field(16, ge=1, description="frames per detection batch")
+
+
+class CropConfig(Strict):
+    """Which faces become crops, and how they are cut."""
+
+    select: Literal["largest", "all", "relative"] = Field(
+        "largest", description="largest face; all faces (tracked); faces >= min_relative_size"
+    )
+    min_relative_size: float = Field(
+        0.5, gt=0, le=1, description="'relative': keep faces whose side is this fraction of the largest"
+    )
+    mode: Literal["box", "align"] = Field(
+        "box", description="box: square box x margin (FF++); align: 5-point ArcFace similarity"
+    )
+    margin: float = Field(1.3, ge=1, le=4, description="crop side / face side")
+    size: int = Field(256, ge=16, description="crop side in pixels")
+    format: Literal["png", "jpg"] = Field("png", description="crop file format")
+    quality: int = Field(95, ge=1, le=100, description="JPEG quality")
+
+
+class PrepareConfig(Strict):
+    """Turning videos and photos into face crops (prepare, and predict on raw media)."""
+
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    crop: CropConfig = Field(default_factory=CropConfig)
+
+
 class ExperimentConfig(Strict):
     name: str = Field("run", description="run name, used in the run folder name")
     seed: int = Field(0, description="seed of weights init, sampling and augmentation")
@@ -170,6 +240,10 @@ class ExperimentConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    prepare: PrepareConfig = Field(
+        default_factory=PrepareConfig,
+        description="face pipeline; taken from the data's prepare.json when the data has one",
+    )
 
     @field_validator("model")
     @classmethod

@@ -51,6 +51,7 @@ class FaceDataModule(L.LightningDataModule):
         self.seed = seed
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
         self.ignored_files = 0  # non-image files in label folders
+        self.no_crop_rows = 0  # prepare-manifest rows of frames without a face
         self._samples: list[Sample] | None = None
 
     # -- setup ---------------------------------------------------------------------------
@@ -63,6 +64,7 @@ class FaceDataModule(L.LightningDataModule):
             )
         found = scan(self.data.path)
         self.ignored_files = len(found.ignored)
+        self.no_crop_rows = len(found.no_crop)
         skipped = [(str(p), reason) for p, reason in found.missing]
         samples = assign_splits(
             found.samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
@@ -112,6 +114,8 @@ class FaceDataModule(L.LightningDataModule):
         lines.append(f"skipped unreadable or missing images: {len(self.skipped)}")
         if self.ignored_files:
             lines.append(f"ignored non-image files: {self.ignored_files}")
+        if self.no_crop_rows:
+            lines.append(f"manifest rows without a face crop: {self.no_crop_rows}")
         return "\n".join(lines)
 
     # -- loaders -------------------------------------------------------------------------

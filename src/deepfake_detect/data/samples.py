@@ -16,3 +16,5 @@ class Sample:
     video: str  # true video id, unique within a dataset; a lone image is its own video
     split: str | None = None  # "train" | "val" | "test" | None (to be assigned)
     dataset: str = ""  # name of the dataset the sample came from
+    # frame of the video the crop was cut from (several faces may share one); None when unknown
+    frame: str | None = None

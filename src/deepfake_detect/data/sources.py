@@ -35,7 +35,9 @@ _FRAME_STEM = re.compile(r"^(?P<video>.+)(?:_frame_?|-|_f)\d+$", re.IGNORECASE)
 # stems that are only a frame number ("0001", "frame_0001"): the folder is the video
 _NUMBER_STEM = re.compile(r"^(?:frame|img|image|f)?[_-]?\d+$", re.IGNORECASE)
 
-_CSV_COLUMNS = ("path", "label", "video", "split")
+_CSV_COLUMNS = ("path", "label", "video", "split", "frame", "status", "reason")
+# crops written by ``prepare`` are named "<frame>" or "<frame>_<face>" inside the video's folder
+_CROP_STEM = re.compile(r"^(?P<frame>\d+)(?:_\d+)?$")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Discovery:
     missing: list[tuple[Path, str]] = field(default_factory=list)
     # dataset name -> "split folders" | "label folders" | "csv"
     layouts: dict[str, str] = field(default_factory=dict)
+    # rows of a prepare manifest that hold no crop (e.g. a frame without a face): (where, reason)
+    no_crop: list[tuple[str, str]] = field(default_factory=list)
 
 
 def describe_layout() -> str:
@@ -90,6 +94,11 @@ def discover(paths: Sequence[str | Path]) -> list[Sample]:
         log.warning(
             "left out %d files listed in CSV manifests that do not exist, e.g. %s",
             len(found.missing), found.missing[0][0],
+        )
+    if found.no_crop:
+        log.info(
+            "%d manifest rows hold no face crop (e.g. %s: %s)",
+            len(found.no_crop), found.no_crop[0][0], found.no_crop[0][1],
         )
     return found.samples
 
@@ -227,12 +236,15 @@ def _scan_label_folder(
             if fname.startswith(".") or not is_image_file(fname):
                 out.ignored.append(file)
                 continue
+            frame = None
             if sub != ".":
                 video = f"{prefix}/{sub}"
+                if m := _CROP_STEM.match(file.stem):
+                    frame = f"{video}/{int(m.group('frame'))}"
             else:
                 stem = file.stem
                 video = f"{prefix}/{video_from_stem(stem) or stem}"
-            out.samples.append(Sample(file, label, video, split, dataset))
+            out.samples.append(Sample(file, label, video, split, dataset, frame))
 
 
 def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
@@ -254,9 +266,15 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
                     "e.g. path,label,video,split (video and split optional)"
                 )
             idx = {c: cols.index(c) for c in _CSV_COLUMNS if c in cols}
+            status = idx.get("status")
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
+                    continue
+                if status is not None and status < len(row) and row[status].strip() not in ("", "ok"):
+                    # a prepare manifest records frames without a face too; they hold no image
+                    reason = row[idx["reason"]] if "reason" in idx and idx["reason"] < len(row) else ""
+                    out.no_crop.append((f"{csv_path} line {line}", reason or row[status].strip()))
                     continue
                 sample = _csv_row(row, idx, base, csv_path, line, dataset)
                 if sample.path in first_line:
@@ -275,6 +293,11 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
     except csv.Error as e:
         raise DataError(f"CSV manifest {csv_path} cannot be parsed: {e}") from e
     if not samples:
+        if out.no_crop and not first_line:
+            raise DataError(
+                f"CSV manifest {csv_path} lists no face crops: all {len(out.no_crop)} rows are "
+                f"failures (e.g. {out.no_crop[0][1]}); check the prepare summary"
+            )
         if first_line:
             example = next(iter(first_line))
             raise DataError(
@@ -319,7 +342,9 @@ def _csv_row(
     path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
     key = cell("video") or _video_key(path, base)
     video = "/".join(p for p in (split, label_name(label), key) if p)
-    return Sample(path, label, video, split, dataset)
+    raw_frame = cell("frame")
+    frame = f"{video}/{int(raw_frame) if raw_frame.isdigit() else raw_frame}" if raw_frame else None
+    return Sample(path, label, video, split, dataset, frame)
 
 
 def _video_key(path: Path, base: Path) -> str:

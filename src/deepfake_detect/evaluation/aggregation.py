@@ -46,6 +46,35 @@ def _median(scores: np.ndarray, frames: np.ndarray | None = None) -> float:
     return float(np.median(scores))
 
 
+@register_aggregator("sbi")
+def _max_face_then_mean(scores: np.ndarray, frames: np.ndarray | None = None) -> float:
+    """SBI's rule: the most suspicious face of each frame, then the mean over frames."""
+    if frames is None:
+        return float(np.mean(scores))
+    per_frame: dict[str, float] = {}
+    for score, frame in zip(scores.tolist(), frames.tolist(), strict=True):
+        per_frame[frame] = max(score, per_frame.get(frame, -np.inf))
+    return float(np.mean(list(per_frame.values())))
+
+
+# DFDC winner's "confident strategy" constants (FACTS.md)
+CONFIDENT_T = 0.8
+CONFIDENT_LOW = 0.2
+
+
+@register_aggregator("confident")
+def _confident(scores: np.ndarray, frames: np.ndarray | None = None) -> float:
+    """Trust a confident majority: mean of the many sure-fake faces, else of the sure-real ones."""
+    n = scores.size
+    sure_fake = scores[scores > CONFIDENT_T]
+    if sure_fake.size > n / 2.5 and sure_fake.size > 11:
+        return float(np.mean(sure_fake))
+    sure_real = scores[scores < CONFIDENT_LOW]
+    if sure_real.size > 0.9 * n:
+        return float(np.mean(sure_real))
+    return float(np.mean(scores))
+
+
 def aggregate_videos(
     videos: Sequence[str],
     labels: Any,

@@ -65,7 +65,10 @@ def evaluate_samples(
     labels = np.array([s.label for s in kept])
     scores = result.scores[ok]
     frame = binary_metrics(labels, scores, threshold=threshold)
-    vids, vlabels, vscores = aggregate_videos([s.video for s in kept], labels, scores, video_aggregation)
+    vids, vlabels, vscores = aggregate_videos(
+        [s.video for s in kept], labels, scores, video_aggregation,
+        frames=[s.frame or str(s.path) for s in kept],
+    )
     video = binary_metrics(vlabels, vscores, threshold=threshold)
     skipped = [{"path": str(samples[i].path), "error": e} for i, e in sorted(result.errors.items())]
     metrics = {

@@ -1,4 +1,9 @@
-"""Prediction on image files and folders: one row per input, errors reported, never fatal."""
+"""Prediction on files and folders: one row per input, errors reported, never fatal.
+
+Face-crop images are scored as they are. Videos, and photos when face detection is asked for,
+go through the face pipeline (:mod:`deepfake_detect.inference.media`) and get one aggregated
+score per file.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
-from deepfake_detect.data.sources import IMAGE_EXTENSIONS
+from deepfake_detect.data.media import MEDIA_EXTENSIONS
+from deepfake_detect.data.sources import is_image_file
+from deepfake_detect.data.video import is_video_file
 from deepfake_detect.evaluation.metrics import predict_labels
 from deepfake_detect.inference.scoring import score_files
 from deepfake_detect.models.detector import Detector
@@ -21,20 +28,22 @@ class Prediction:
     label: int | None  # 1 fake, 0 real, None when the file could not be scored
     score: float | None  # P(fake)
     error: str = ""
+    frames: int = 0  # frames (1 for a photo) looked at
+    faces: int = 0  # faces scored
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
-    """Expand folders (recursively, images only, sorted); missing paths become error rows."""
+    """Expand folders (recursively, images and videos, sorted); missing paths become error rows."""
     files: list[Path] = []
     missing: list[Prediction] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS
             )
             if not found:
-                missing.append(Prediction(str(path), None, None, "folder holds no image files"))
+                missing.append(Prediction(str(path), None, None, "folder holds no image or video files"))
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -51,34 +60,58 @@ def predict_files(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    detect_faces: bool = False,
+    aggregation: str = "mean",
+    per_face: list | None = None,
 ) -> list[Prediction]:
+    """Score every input; ``per_face`` (a list) receives per-face rows of media files."""
     files, rows = collect_inputs(inputs)
-    if files:
+    crops = [p for p in files if not is_video_file(p) and not detect_faces and is_image_file(p)]
+    crop_set = set(crops)
+    media = [p for p in files if p not in crop_set]
+    by_file: dict[Path, Prediction] = {}
+    if crops:
         result = score_files(
-            detector, files, batch_size=batch_size, num_workers=num_workers, device=device,
+            detector, crops, batch_size=batch_size, num_workers=num_workers, device=device,
             progress=progress, description="predicting",
         )
         labels = predict_labels(result.scores, threshold)
-        for i, path in enumerate(files):
+        for i, path in enumerate(crops):
             if i in result.errors:
-                rows.append(Prediction(str(path), None, None, result.errors[i]))
+                by_file[path] = Prediction(str(path), None, None, result.errors[i])
             else:
-                rows.append(Prediction(str(path), int(labels[i]), float(result.scores[i])))
+                by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "", 1, 1)
+    if media:
+        from deepfake_detect.inference.media import MediaScorer, score_media
+
+        scorer = MediaScorer(detector, aggregation=aggregation, batch_size=batch_size, device=device)
+        for res in score_media(scorer, media, progress=progress):
+            label = None if res.score is None else int(predict_labels([res.score], threshold)[0])
+            by_file[Path(res.filename)] = Prediction(
+                res.filename, label, res.score, res.error, res.frames, res.faces
+            )
+            if per_face is not None:
+                per_face.extend({"filename": res.filename, **asdict(f)} for f in res.per_face)
+    rows.extend(by_file[p] for p in files)
     return rows
+
+
+_COLUMNS = ["filename", "label", "score", "frames", "faces", "error"]
 
 
 def _write_csv(rows: Sequence[Prediction], fh: TextIO) -> None:
     writer = csv.writer(fh)
-    writer.writerow(["filename", "label", "score", "error"])
+    writer.writerow(_COLUMNS)
     for r in rows:
         score = "" if r.score is None else f"{r.score:.6f}"
-        writer.writerow([r.filename, "" if r.label is None else r.label, score, r.error])
+        label = "" if r.label is None else r.label
+        writer.writerow([r.filename, label, score, r.frames, r.faces, r.error])
 
 
 def write_predictions(
     rows: Sequence[Prediction], csv_out: Path | TextIO | None, json_path: Path | None = None
 ) -> None:
-    """CSV ``filename,label,score,error`` to a file or stream, and optionally JSON."""
+    """CSV ``filename,label,score,frames,faces,error`` to a file or stream, optionally JSON."""
     if isinstance(csv_out, Path):
         csv_out.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_out, "w", newline="", encoding="utf-8") as fh:
@@ -88,3 +121,14 @@ def write_predictions(
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2), "utf-8")
+
+
+def write_per_face(rows: Sequence[dict], path: Path) -> None:
+    """One row per scored face: ``filename,frame,face,time,box,score``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filename", "frame", "face", "time", "box", "score"])
+        for r in rows:
+            box = json.dumps(r["box"], separators=(",", ":"))
+            writer.writerow([r["filename"], r["frame"], r["face"], r["time"], box, f"{r['score']:.6f}"])

@@ -44,7 +44,7 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -92,7 +92,7 @@ def score_files(
                 x = batch["image"].to(device, non_blocking=True)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
+                with autocast_for(device):
                     logits = detector(x)
                 probs = detector.probabilities(logits.float()).cpu().numpy()
                 scores[batch["index"].numpy()] = probs

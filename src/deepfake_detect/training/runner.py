@@ -131,7 +131,14 @@ def train(
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    resolved = config.model_copy(update={"model": model_cfg.model_dump(mode="json")})
+    update: dict = {"model": model_cfg.model_dump(mode="json")}
+    if "prepare" not in config.model_fields_set:
+        # crops made by `prepare`: predict on raw media must cut faces the same way
+        from deepfake_detect.data.prepare import read_prepare_settings
+
+        if (found := read_prepare_settings(config.data.path)) is not None:
+            update["prepare"] = found
+    resolved = config.model_copy(update=update)
     if rank_zero_only.rank == 0:
         write_run_info(run_dir, resolved.model_dump(mode="json"), resumed_from=str(last_ckpt) if resumed else None)
 

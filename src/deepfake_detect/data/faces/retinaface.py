@@ -1,0 +1,347 @@
+"""RetinaFace (MobileNet-0.25) face detection with user-supplied weights.
+
+The network follows the layout of the widely used Pytorch_Retinaface release, so its
+``mobilenet0.25_Final.pth`` loads as is (keys ``body.stage1.0.0.weight``, ``fpn.output1.0.weight``,
+``ssh1.conv3X3.0.weight``, ``ClassHead.0.conv1x1.weight``, ...; a ``module.`` prefix from
+DataParallel training is stripped). Written from the published architecture:
+
+* backbone: MobileNetV1 at width 0.25, three stages ending at strides 8, 16 and 32;
+* FPN: 1x1 lateral convs to 64 channels, top-down nearest upsampling, 3x3 merge convs;
+* SSH context module per level: 3x3 | 5x5 (two 3x3) | 7x7 (three 3x3, sharing the first) branches;
+* heads per level, 2 anchors per location: class (2), box offsets (4), 5 landmarks (10);
+* anchors: min sizes (16, 32), (64, 128), (256, 512) at steps 8, 16, 32, centred on cells;
+  SSD-style decoding with variances (0.1, 0.2).
+
+The network takes BGR images minus the BGR mean (104, 117, 123), unscaled, at any size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import nms
+
+from deepfake_detect.config.schema import DetectConfig
+from deepfake_detect.data.faces.base import (
+    Face,
+    FaceDetector,
+    detect_in_batches,
+    detection_device,
+    min_face_pixels,
+    register_face_detector,
+)
+from deepfake_detect.errors import CheckpointError, ConfigError
+
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCES = (0.1, 0.2)
+BGR_MEAN = (104.0, 117.0, 123.0)
+NMS_IOU = 0.4
+PRE_NMS_TOP_K = 5000  # the release's test-time limits
+POST_NMS_TOP_K = 750
+WEIGHTS_HELP = (
+    "download mobilenet0.25_Final.pth from the Pytorch_Retinaface project "
+    "(github.com/biubug6/Pytorch_Retinaface, links in its README) and set "
+    "prepare.detect.model_path to it"
+)
+
+
+# --- network -------------------------------------------------------------------------------------
+
+
+def _conv_bn(
+    inp: int, out: int, stride: int = 1, leaky: float | None = 0.0, kernel: int = 3
+) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm [+ LeakyReLU unless ``leaky`` is None]: keys ``.0``, ``.1``."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(inp, out, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(out),
+    ]
+    if leaky is not None:
+        layers.append(nn.LeakyReLU(negative_slope=leaky, inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _conv_dw(inp: int, out: int, stride: int, leaky: float = 0.1) -> nn.Sequential:
+    """Depthwise-separable block: 3x3 depthwise + BN + act, 1x1 pointwise + BN + act."""
+    return nn.Sequential(
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+        nn.BatchNorm2d(inp),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+        nn.Conv2d(inp, out, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(out),
+        nn.LeakyReLU(negative_slope=leaky, inplace=True),
+    )
+
+
+class MobileNetV1Body(nn.Module):
+    """MobileNetV1 x0.25 without its classifier: feature maps at strides 8, 16, 32."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            _conv_bn(3, 8, 2, leaky=0.1),
+            _conv_dw(8, 16, 1),
+            _conv_dw(16, 32, 2),
+            _conv_dw(32, 32, 1),
+            _conv_dw(32, 64, 2),
+            _conv_dw(64, 64, 1),
+        )
+        self.stage2 = nn.Sequential(
+            _conv_dw(64, 128, 2), *(_conv_dw(128, 128, 1) for _ in range(5))
+        )
+        self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c1 = self.stage1(x)
+        c2 = self.stage2(c1)
+        return [c1, c2, self.stage3(c2)]
+
+
+class FPN(nn.Module):
+    """Three-level feature pyramid with ``out`` channels (coarse levels added into finer ones)."""
+
+    def __init__(self, in_channels: Sequence[int], out: int):
+        super().__init__()
+        leaky = 0.1 if out <= 64 else 0.0  # the release's rule for slim models
+        self.output1 = _conv_bn(in_channels[0], out, leaky=leaky, kernel=1)
+        self.output2 = _conv_bn(in_channels[1], out, leaky=leaky, kernel=1)
+        self.output3 = _conv_bn(in_channels[2], out, leaky=leaky, kernel=1)
+        self.merge1 = _conv_bn(out, out, leaky=leaky)
+        self.merge2 = _conv_bn(out, out, leaky=leaky)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        p1, p2, p3 = self.output1(features[0]), self.output2(features[1]), self.output3(features[2])
+        # sizes, not a factor of 2: odd input sizes give maps that are not exact halves
+        p2 = self.merge2(p2 + F.interpolate(p3, size=p2.shape[-2:], mode="nearest"))
+        p1 = self.merge1(p1 + F.interpolate(p2, size=p1.shape[-2:], mode="nearest"))
+        return [p1, p2, p3]
+
+
+class SSH(nn.Module):
+    """Context module: concatenation of 3x3, 5x5-like and 7x7-like receptive fields, then ReLU."""
+
+    def __init__(self, inp: int, out: int):
+        super().__init__()
+        leaky = 0.1 if out <= 64 else 0.0
+        # attribute names (including the lower-case x in conv7x7_3) are the checkpoint's keys
+        self.conv3X3 = _conv_bn(inp, out // 2, leaky=None)
+        self.conv5X5_1 = _conv_bn(inp, out // 4, leaky=leaky)
+        self.conv5X5_2 = _conv_bn(out // 4, out // 4, leaky=None)
+        self.conv7X7_2 = _conv_bn(out // 4, out // 4, leaky=leaky)
+        self.conv7x7_3 = _conv_bn(out // 4, out // 4, leaky=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.conv5X5_1(x)
+        wide = self.conv7X7_2(branch)
+        out = torch.cat([self.conv3X3(x), self.conv5X5_2(branch), self.conv7x7_3(wide)], dim=1)
+        return F.relu(out)
+
+
+class _Head(nn.Module):
+    """1x1 conv predicting ``width`` values per anchor, flattened to (N, H*W*anchors, width)."""
+
+    def __init__(self, inp: int, anchors: int, width: int):
+        super().__init__()
+        self.width = width
+        self.conv1x1 = nn.Conv2d(inp, anchors * width, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1x1(x).permute(
+            0, 2, 3, 1
+        )  # location-major, anchors innermost: the prior order
+        return out.reshape(out.shape[0], -1, self.width)
+
+
+class RetinaFaceNet(nn.Module):
+    """RetinaFace, MobileNet-0.25 backbone. ``forward`` gives, per prior:
+    box offsets (N, P, 4), class probabilities (N, P, 2) (column 1: face) and landmark
+    offsets (N, P, 10), in the order of :func:`prior_boxes`."""
+
+    ANCHORS = 2
+    OUT_CHANNELS = 64
+
+    def __init__(self):
+        super().__init__()
+        c = self.OUT_CHANNELS
+        self.body = MobileNetV1Body()
+        self.fpn = FPN((64, 128, 256), c)
+        self.ssh1, self.ssh2, self.ssh3 = SSH(c, c), SSH(c, c), SSH(c, c)
+        self.ClassHead = nn.ModuleList(_Head(c, self.ANCHORS, 2) for _ in range(3))
+        self.BboxHead = nn.ModuleList(_Head(c, self.ANCHORS, 4) for _ in range(3))
+        self.LandmarkHead = nn.ModuleList(_Head(c, self.ANCHORS, 10) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pyramid = self.fpn(self.body(x))
+        features = [self.ssh1(pyramid[0]), self.ssh2(pyramid[1]), self.ssh3(pyramid[2])]
+        loc = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)
+        logits = torch.cat([head(f) for head, f in zip(self.ClassHead, features)], dim=1)
+        landmarks = torch.cat([head(f) for head, f in zip(self.LandmarkHead, features)], dim=1)
+        return loc, logits.softmax(dim=-1), landmarks
+
+
+# --- anchors and decoding ------------------------------------------------------------------------
+
+
+def prior_boxes(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Anchors (P, 4) as (cx, cy, w, h), normalised by the image size (not clipped).
+
+    Per level: a ceil(H/step) x ceil(W/step) grid, row by row, each cell holding its min sizes in
+    order; this matches the heads' output order.
+    """
+    levels = []
+    for step, sizes in zip(STEPS, MIN_SIZES):
+        rows, cols = math.ceil(height / step), math.ceil(width / step)
+        cy = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) * step / height
+        cx = (torch.arange(cols, dtype=torch.float32, device=device) + 0.5) * step / width
+        size = torch.tensor(sizes, dtype=torch.float32, device=device)
+        shape = (rows, cols, len(sizes))
+        grid = torch.stack(
+            [
+                cx.view(1, cols, 1).expand(shape),
+                cy.view(rows, 1, 1).expand(shape),
+                (size / width).view(1, 1, -1).expand(shape),
+                (size / height).view(1, 1, -1).expand(shape),
+            ],
+            dim=-1,
+        )
+        levels.append(grid.reshape(-1, 4))
+    return torch.cat(levels)
+
+
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Offsets (P, 4) -> boxes (P, 4) x1, y1, x2, y2 in the priors' normalised units."""
+    centre = priors[:, :2] + loc[:, :2] * VARIANCES[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCES[1])
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+def decode_landmarks(pred: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Offsets (P, 10) -> points (P, 5, 2) in the priors' normalised units."""
+    offsets = pred.view(-1, 5, 2)
+    return priors[:, None, :2] + offsets * VARIANCES[0] * priors[:, None, 2:]
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+
+def load_retinaface_weights(model: RetinaFaceNet, path: Path) -> None:
+    """Load a Pytorch_Retinaface-layout state dict into ``model``, checking every key.
+
+    Only ``num_batches_tracked`` buffers may be absent (older PyTorch did not save them; they do
+    nothing at inference). Anything else missing, extra or misshapen is an error naming the keys.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not usable weights"
+        raise CheckpointError(
+            f"{path}: not a loadable PyTorch weights file ({exc}); {WEIGHTS_HELP}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: holds a {type(state).__name__}, not a state dict; {WEIGHTS_HELP}"
+        )
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:5])}")
+        raise CheckpointError(
+            f"{path}: not RetinaFace MobileNet-0.25 weights in the Pytorch_Retinaface layout "
+            f"({'; '.join(parts)}). Only mobilenet0.25_Final.pth is supported (not the ResNet-50 "
+            "model)"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(f"{path}: tensors of the wrong shape: {', '.join(wrong[:5])}")
+    model.load_state_dict(
+        state, strict=False
+    )  # strict by the checks above, bar num_batches_tracked
+
+
+# --- detector ------------------------------------------------------------------------------------
+
+
+def to_network_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float BGR minus the BGR mean: the training input."""
+    x = torch.from_numpy(batch).to(device).flip(-1).float()  # RGB -> BGR
+    x = x - torch.tensor(BGR_MEAN, device=device)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+class RetinaFaceDetector(FaceDetector):
+    """Faces with 5 keypoints (left eye, right eye, nose, left and right mouth corner)."""
+
+    name = "retinaface"
+
+    def __init__(self, config: DetectConfig):
+        path = config.model_path
+        if path is None:
+            raise ConfigError(
+                f"prepare.detect.model_path: the retinaface backend needs weights; {WEIGHTS_HELP}"
+            )
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"prepare.detect.model_path: {path} does not exist; {WEIGHTS_HELP}")
+        self.config = config
+        self.device = detection_device(config.device)
+        self.net = RetinaFaceNet()
+        load_retinaface_weights(self.net, path)
+        self.net.to(self.device).eval()
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        return detect_in_batches(frames, self.config, self._detect_group)
+
+    @torch.inference_mode()
+    def _detect_group(self, batch: np.ndarray, factor: float) -> list[list[Face]]:
+        """Faces in detection-image pixels for a ``(N, H, W, 3)`` uint8 batch of one size."""
+        height, width = batch.shape[1:3]
+        loc, probs, landmark_offsets = self.net(to_network_input(batch, self.device))
+        priors = prior_boxes(height, width, self.device)
+        scale = torch.tensor([width, height], dtype=torch.float32, device=self.device)
+        # RetinaFace has no minimum size to search from; drop faces smaller than min_face instead
+        min_side = min_face_pixels(self.config, batch.shape[1:3], factor)
+        out = []
+        for i in range(len(batch)):
+            scores = probs[i, :, 1]
+            keep = torch.nonzero(scores >= self.config.min_score).squeeze(1)
+            keep = keep[scores[keep].argsort(descending=True)[:PRE_NMS_TOP_K]]
+            boxes = decode_boxes(loc[i, keep], priors[keep]) * scale.repeat(2)
+            points = decode_landmarks(landmark_offsets[i, keep], priors[keep]) * scale
+            sides = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            big = sides >= min_side
+            boxes, points, kept_scores = boxes[big], points[big], scores[keep][big]
+            picked = nms(boxes, kept_scores, NMS_IOU)[:POST_NMS_TOP_K]
+            boxes, points, kept_scores = (
+                t[picked].float().cpu().numpy() for t in (boxes, points, kept_scores)
+            )
+            out.append(
+                [
+                    # the model's 5 points are already in Face.keypoints order
+                    Face(box=b, score=float(s), keypoints=p, landmarks=p.copy())
+                    for b, s, p in zip(boxes, kept_scores, points)
+                ]
+            )
+        return out
+
+
+@register_face_detector("retinaface")
+def build_retinaface(config: DetectConfig) -> RetinaFaceDetector:
+    return RetinaFaceDetector(config)

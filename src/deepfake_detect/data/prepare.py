@@ -1,0 +1,492 @@
+"""``prepare``: videos and photos -> face crops on disk plus a manifest the loader reads.
+
+Work is split per video (and per chunk of photos). Each unit streams its sampled frames, detects
+faces in batches, writes the crops, and finally records its manifest rows in a small part file
+under ``<out>/.parts``; that file is what marks the unit as finished. A rerun reuses finished units
+whose source and settings are unchanged and redoes the rest, so an interrupted run resumes where
+it stopped. Frames without a face and failed videos are rows of the manifest too, with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepfake_detect import __version__
+from deepfake_detect.config.schema import PrepareConfig
+from deepfake_detect.data.faces.base import Face, FaceDetector
+from deepfake_detect.data.faces.cascade import build_face_finder
+from deepfake_detect.data.faces.crop import (
+    crop_face,
+    crop_transform,
+    encode_crop,
+    select_faces,
+    transform_points,
+)
+from deepfake_detect.data.faces.track import FaceTracker
+from deepfake_detect.data.images import load_rgb
+from deepfake_detect.data.labels import label_name
+from deepfake_detect.data.media import MediaItem, find_media
+from deepfake_detect.data.video import VideoError, read_frames
+from deepfake_detect.errors import DataError
+
+MANIFEST = "manifest.csv"
+SETTINGS = "prepare.json"
+PARTS = ".parts"
+COLUMNS = (
+    "path", "label", "video", "frame", "face", "box", "landmarks", "score", "split",
+    "status", "reason", "source", "time",
+)
+UNLABELED = "unlabeled"
+PHOTO_CHUNK = 64  # photos per work unit: one part file and one detection pass each
+
+
+@dataclass
+class Unit:
+    """One piece of work: a video, or a chunk of photos."""
+
+    key: str
+    items: list[MediaItem]
+
+    @property
+    def kind(self) -> str:
+        return self.items[0].kind
+
+
+@dataclass
+class UnitResult:
+    key: str
+    rows: list[dict]
+    stats: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    reused: bool = False
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    manifest: Path
+    videos: int = 0
+    videos_failed: int = 0
+    photos: int = 0
+    frames_read: int = 0
+    faces: int = 0
+    frames_without_face: int = 0
+    short_videos: int = 0
+    reused: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    problems: list[tuple[str, str]] = field(default_factory=list)  # inputs left out
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> list[tuple[str, str]]:
+        rows = [
+            ("videos", f"{self.videos} ({self.videos_failed} failed)"),
+            ("photos", str(self.photos)),
+            ("frames read", str(self.frames_read)),
+            ("face crops written", str(self.faces)),
+            ("frames without a face", str(self.frames_without_face)),
+            ("short videos (all frames taken)", str(self.short_videos)),
+            ("reused from an earlier run", str(self.reused)),
+            ("inputs left out", str(len(self.problems))),
+        ]
+        rows += [(f"failure: {reason}", str(n)) for reason, n in sorted(self.failures.items())]
+        rows.append(("time", f"{self.seconds:.1f} s"))
+        return rows
+
+
+def _fingerprint(config: PrepareConfig) -> str:
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _source_stamp(items: Sequence[MediaItem]) -> list[list]:
+    out = []
+    for item in items:
+        try:
+            st = item.path.stat()
+            out.append([str(item.path), st.st_size, int(st.st_mtime_ns)])
+        except OSError:
+            out.append([str(item.path), -1, -1])
+    return out
+
+
+def make_units(items: Sequence[MediaItem]) -> list[Unit]:
+    """Videos one per unit; photos grouped by folder, label and split into chunks."""
+    units: list[Unit] = []
+    photos: dict[tuple, list[MediaItem]] = {}
+    for item in items:
+        if item.kind == "video":
+            units.append(Unit(_unit_key(item), [item]))
+        else:
+            photos.setdefault((item.split, item.label, item.path.parent), []).append(item)
+    for group in photos.values():
+        for i in range(0, len(group), PHOTO_CHUNK):
+            chunk = group[i : i + PHOTO_CHUNK]
+            units.append(Unit(_unit_key(*chunk), chunk))
+    return units
+
+
+def _unit_key(*items: MediaItem) -> str:
+    ident = "\n".join(f"{i.split}|{i.label}|{i.video}|{i.path}" for i in items)
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def item_folder(item: MediaItem) -> Path:
+    """Crops of an item go to ``[<split>/]<label>/<video id>/`` below the output folder."""
+    label = UNLABELED if item.label is None else label_name(item.label)
+    return Path(*(p for p in (item.split, label) if p), *item.video.split("/"))
+
+
+# --------------------------------------------------------------------------- one unit
+
+
+class UnitProcessor:
+    """Turns units into crops and manifest rows; holds the face detector (one per process)."""
+
+    def __init__(self, config: PrepareConfig, out: Path, detector: FaceDetector | None = None):
+        self.config = config
+        self.out = out
+        self.detector = detector or build_face_finder(config.detect, config.crop)
+        self.fingerprint = _fingerprint(config)
+
+    def run(self, unit: Unit) -> UnitResult:
+        part = self.out / PARTS / f"{unit.key}.json"
+        stamp = _source_stamp(unit.items)
+        done = _read_part(part)
+        if done and done.get("fingerprint") == self.fingerprint and done.get("sources") == stamp:
+            return UnitResult(unit.key, done["rows"], done["stats"], done["notes"], reused=True)
+        for item in unit.items:  # partial output of an interrupted run: start the item afresh
+            folder = self.out / item_folder(item)
+            if unit.kind == "video" and folder.exists():
+                shutil.rmtree(folder)
+        try:
+            result = self._video(unit.items[0]) if unit.kind == "video" else self._photos(unit.items)
+        except Exception as exc:  # noqa: BLE001 - one broken unit must not stop the run
+            item = unit.items[0]
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            rows = [_failure_row(i, "error", reason) for i in unit.items]
+            result = UnitResult(unit.key, rows, {"failed": len(unit.items), "frames": 0}, [
+                f"{item.path}: {reason}"
+            ])
+        result.key = unit.key
+        _write_part(part, {
+            "fingerprint": self.fingerprint, "sources": stamp, "rows": result.rows,
+            "stats": result.stats, "notes": result.notes,
+        })
+        return result
+
+    # -- videos
+
+    def _video(self, item: MediaItem) -> UnitResult:
+        try:
+            stream = read_frames(item.path, self.config.frames)
+        except VideoError as e:
+            return UnitResult("", [_failure_row(item, e.reason, str(e))], {"failed": 1, "frames": 0})
+        rows: list[dict] = []
+        tracker = FaceTracker() if self.config.crop.select != "largest" else None
+        batch: list = []
+        for frame in in_background(stream, depth=self.config.detect.batch_size):
+            batch.append(frame)
+            if len(batch) >= self.config.detect.batch_size:
+                rows += self._frames(item, batch, tracker)
+                batch = []
+        if batch:
+            rows += self._frames(item, batch, tracker)
+        notes = list(stream.notes)
+        stats = {"frames": stream.read, "short": int(bool(stream.short)), "failed": 0}
+        if stream.read == 0:
+            reason = stream.error or "no frames could be decoded"
+            return UnitResult("", [_failure_row(item, "no_frames", reason)], {**stats, "failed": 1})
+        if stream.error:
+            notes.append(f"{item.path}: decoding stopped after {stream.read} frames: {stream.error}")
+            stats["decode_error"] = 1
+        return UnitResult("", rows, stats, [f"{item.path}: {n}" for n in notes] if notes else [])
+
+    def _frames(self, item: MediaItem, frames: list, tracker: FaceTracker | None) -> list[dict]:
+        found = self.detector.detect([f.image for f in frames])
+        rows = []
+        for frame, faces in zip(frames, found, strict=True):
+            rows += self._crops(item, frame.image, frame.index, frame.time, faces, tracker)
+        return rows
+
+    # -- photos
+
+    def _photos(self, items: list[MediaItem]) -> UnitResult:
+        rows: list[dict] = []
+        images, kept = [], []
+        failed = 0
+        for item in items:
+            try:
+                images.append(np.asarray(load_rgb(item.path)))
+                kept.append(item)
+            except Exception as e:  # noqa: BLE001 - reported per file
+                rows.append(_failure_row(item, "unreadable", f"{item.path}: {e}"))
+                failed += 1
+        for start in range(0, len(images), self.config.detect.batch_size):
+            chunk = images[start : start + self.config.detect.batch_size]
+            found = self.detector.detect(chunk)
+            for item, image, faces in zip(kept[start:], chunk, found, strict=False):
+                tracker = FaceTracker() if self.config.crop.select != "largest" else None
+                rows += self._crops(item, image, 0, 0.0, faces, tracker)
+        return UnitResult("", rows, {"frames": len(kept), "failed": failed, "photos": len(items)})
+
+    # -- crops
+
+    def _crops(
+        self,
+        item: MediaItem,
+        image: np.ndarray,
+        index: int,
+        when: float,
+        faces: list[Face],
+        tracker: FaceTracker | None,
+    ) -> list[dict]:
+        crop = self.config.crop
+        chosen = select_faces(faces, crop)
+        if not chosen:
+            reason = "no face detected" if not faces else "no face passed the selection"
+            if tracker is not None:
+                tracker.update([])
+            return [_row(item, index, when, status="no_face", reason=reason)]
+        ids = tracker.update(chosen) if tracker is not None else [None] * len(chosen)
+        folder = item_folder(item)
+        (self.out / folder).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for face, track in zip(chosen, ids, strict=True):
+            name = f"{index:05d}" + ("" if track is None else f"_{track}")
+            rel = folder / f"{name}.{crop.format}"
+            matrix = crop_transform(image.shape, face, crop)
+            pixels = crop_face(image, face, crop)
+            (self.out / rel).write_bytes(encode_crop(pixels, crop.format, crop.quality))
+            points = face.landmarks if face.landmarks is not None else face.keypoints
+            marks = transform_points(points, matrix).round(1).tolist() if points is not None else []
+            rows.append(_row(
+                item, index, when, path=rel.as_posix(), face=0 if track is None else track,
+                box=[round(float(v), 1) for v in face.box], landmarks=marks,
+                score=round(float(face.score), 4),
+            ))
+        return rows
+
+
+def in_background(frames: Iterable, depth: int) -> Iterator:
+    """Iterate ``frames`` in a thread, ``depth`` items ahead: PyAV decodes and torch detects
+    without holding the GIL, so decoding the next frames overlaps detection of these."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def produce() -> None:
+        try:
+            for item in frames:
+                if not put(item):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            failure.append(e)
+        put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _row(item: MediaItem, frame: int | str, when: float, **cells) -> dict:
+    row = {
+        "path": "", "label": "" if item.label is None else label_name(item.label),
+        "video": item.video, "frame": frame, "face": "", "box": "", "landmarks": "", "score": "",
+        "split": item.split or "", "status": "ok", "reason": "", "source": str(item.path),
+        "time": round(float(when), 3),
+    }
+    for key in ("box", "landmarks"):
+        if key in cells:
+            cells[key] = json.dumps(cells[key], separators=(",", ":"))
+    row.update(cells)
+    return row
+
+
+def _failure_row(item: MediaItem, status: str, reason: str) -> dict:
+    return _row(item, "", 0.0, status=status, reason=reason, time="")
+
+
+def _read_part(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_part(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data), "utf-8")
+    os.replace(tmp, path)  # atomic: a part file is either complete or absent
+
+
+# --------------------------------------------------------------------------- the run
+
+_WORKER: UnitProcessor | None = None
+
+
+def _init_worker(config_json: str, out: str, threads: int) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER = UnitProcessor(PrepareConfig.model_validate_json(config_json), Path(out))
+
+
+def _run_unit(unit: Unit) -> UnitResult:
+    assert _WORKER is not None
+    return _WORKER.run(unit)
+
+
+def _run_all(
+    units: list[Unit], config: PrepareConfig, out: Path, workers: int,
+    detector: FaceDetector | None,
+) -> Iterator[UnitResult]:
+    if workers <= 0 or len(units) <= 1:
+        processor = UnitProcessor(config, out, detector)
+        for unit in units:
+            yield processor.run(unit)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")  # torch and forked OpenMP pools do not mix
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(config.model_dump_json(), str(out), threads),
+    ) as pool:
+        futures = {pool.submit(_run_unit, u): u for u in units}
+        for fut in as_completed(futures):
+            unit = futures[fut]
+            try:
+                yield fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+                reason = f"worker failed: {type(exc).__name__}: {exc}"
+                rows = [_failure_row(i, "error", reason) for i in unit.items]
+                yield UnitResult(unit.key, rows, {"failed": len(unit.items)}, [reason])
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    config: PrepareConfig | None = None,
+    *,
+    label: int | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    detector: FaceDetector | None = None,
+) -> PrepareReport:
+    """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from deepfake_detect.runinfo import environment
+
+    config = config or PrepareConfig()
+    out = Path(out)
+    started = time.perf_counter()
+    scan = find_media(inputs, label=label)
+    if not scan.items:
+        where = "; ".join(f"{p}: {r}" for p, r in scan.problems[:5]) or "no inputs given"
+        raise DataError(f"prepare found no videos or images to process ({where})")
+    out.mkdir(parents=True, exist_ok=True)
+    units = make_units(scan.items)
+    report = PrepareReport(out=out, manifest=out / MANIFEST, problems=list(scan.problems))
+    results: dict[str, UnitResult] = {}
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[faces]} faces"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("preparing", total=len(units), faces=0)
+        by_key = {u.key: u for u in units}
+        for result in _run_all(units, config, out, workers, detector):
+            results[result.key] = result
+            _tally(report, result, by_key[result.key])
+            bar.update(task, advance=1, faces=report.faces)
+    rows = [row for unit in units for row in results[unit.key].rows]  # input order, stable
+    _write_manifest(report.manifest, rows)
+    report.seconds = time.perf_counter() - started
+    (out / SETTINGS).write_text(json.dumps({
+        "prepare": config.model_dump(mode="json"),
+        "inputs": [str(p) for p in inputs],
+        "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+        **environment(),
+        "version": __version__,
+    }, indent=2, default=str), "utf-8")
+    return report
+
+
+def _tally(report: PrepareReport, result: UnitResult, unit: Unit) -> None:
+    stats = result.stats
+    if unit.kind == "video":
+        report.videos += 1
+        report.videos_failed += int(stats.get("failed", 0) > 0)
+        report.short_videos += int(stats.get("short", 0))
+        if stats.get("decode_error"):
+            report.failures["decoding stopped early"] = report.failures.get("decoding stopped early", 0) + 1
+    else:
+        report.photos += len(unit.items)
+    report.frames_read += int(stats.get("frames", 0))
+    report.reused += int(result.reused)
+    counts = Counter(r["status"] for r in result.rows)
+    report.faces += counts.pop("ok", 0)
+    report.frames_without_face += counts.get("no_face", 0)
+    for status, n in counts.items():
+        key = status.replace("_", " ")
+        report.failures[key] = report.failures.get(key, 0) + n
+    report.notes += result.notes
+
+
+def _write_manifest(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_prepare_settings(data_paths: Sequence[str | Path]) -> PrepareConfig | None:
+    """The face-pipeline settings recorded by ``prepare`` beside a dataset, if any."""
+    for given in data_paths:
+        path = Path(given)
+        folder = path if path.is_dir() else path.parent
+        settings = folder / SETTINGS
+        if settings.is_file():
+            try:
+                return PrepareConfig.model_validate(json.loads(settings.read_text("utf-8"))["prepare"])
+            except (OSError, ValueError, KeyError):
+                return None
+    return None
