@@ -77,7 +77,7 @@ def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
     assert result.exit_code == 0, result.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["filename", "label", "score", "error"]
+    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error"]
     by_name = {Path(r["filename"]).name: r for r in rows}
     assert by_name["broken.png"]["error"] and by_name["broken.png"]["score"] == ""
     assert "no such file" in by_name["missing.jpg"]["error"]

@@ -409,7 +409,13 @@ def prepare(
     detector: FaceDetector | None = None,
 ) -> PrepareReport:
     """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from deepfake_detect.runinfo import environment
 

@@ -22,8 +22,8 @@ from deepfake_detect.data.faces.track import FaceTracker
 from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.transforms import build_transform
 from deepfake_detect.data.video import VideoError, is_video_file, read_frames
-from deepfake_detect.evaluation.aggregation import AGGREGATORS
 from deepfake_detect.errors import ConfigError
+from deepfake_detect.evaluation.aggregation import AGGREGATORS
 from deepfake_detect.inference.scoring import autocast_for, pick_device
 from deepfake_detect.models.detector import Detector
 

@@ -38,7 +38,7 @@ class Face:
         """The face's size: the longer side of its box."""
         return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
-    def scaled(self, factor: float) -> "Face":
+    def scaled(self, factor: float) -> Face:
         """The same face in an image resized by ``factor``."""
         return Face(
             box=(self.box * factor).astype(np.float32),
@@ -91,6 +91,17 @@ def resize_for_detection(frame: np.ndarray, detect_size: int | None) -> tuple[np
     # INTER_AREA averages the source pixels: no aliasing, unlike nearest/bilinear at 2-3x shrink
     small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
     return small, longest / max(size)
+
+
+def five_point_faces(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Face]:
+    """Faces from a backend whose 5 points already come in ``Face.keypoints`` order."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
+    return [
+        Face(box=b, score=float(s), keypoints=p, landmarks=p.copy())
+        for b, s, p in zip(boxes, scores, points, strict=True)
+    ]
 
 
 def min_face_pixels(config: DetectConfig, shape: tuple[int, ...], factor: float) -> float:

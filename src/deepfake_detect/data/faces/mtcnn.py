@@ -17,6 +17,7 @@ from deepfake_detect.data.faces.base import (
     FaceDetector,
     detect_in_batches,
     detection_device,
+    five_point_faces,
     min_face_pixels,
     register_face_detector,
 )
@@ -61,16 +62,8 @@ class MTCNNDetector(FaceDetector):
             if image_boxes is None:  # facenet-pytorch's "no face" marker
                 out.append([])
                 continue
-            image_boxes = np.asarray(image_boxes, dtype=np.float32).reshape(-1, 4)
-            image_probs = np.asarray(image_probs, dtype=np.float32).reshape(-1)
-            image_points = np.asarray(image_points, dtype=np.float32).reshape(-1, 5, 2)
-            out.append(
-                [
-                    # MTCNN's points are already in Face.keypoints order, in image coordinates
-                    Face(box=box, score=float(score), keypoints=pts, landmarks=pts.copy())
-                    for box, score, pts in zip(image_boxes, image_probs, image_points)
-                ]
-            )
+            # MTCNN's points are already in Face.keypoints order, in image coordinates
+            out.append(five_point_faces(image_boxes, image_probs, image_points))
         return out
 
 

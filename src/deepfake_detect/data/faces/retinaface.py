@@ -33,6 +33,7 @@ from deepfake_detect.data.faces.base import (
     FaceDetector,
     detect_in_batches,
     detection_device,
+    five_point_faces,
     min_face_pixels,
     register_face_detector,
 )
@@ -332,13 +333,7 @@ class RetinaFaceDetector(FaceDetector):
             boxes, points, kept_scores = (
                 t[picked].float().cpu().numpy() for t in (boxes, points, kept_scores)
             )
-            out.append(
-                [
-                    # the model's 5 points are already in Face.keypoints order
-                    Face(box=b, score=float(s), keypoints=p, landmarks=p.copy())
-                    for b, s, p in zip(boxes, kept_scores, points)
-                ]
-            )
+            out.append(five_point_faces(boxes, kept_scores, points))  # already in keypoint order
         return out
 
 
