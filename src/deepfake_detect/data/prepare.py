@@ -28,13 +28,7 @@ from deepfake_detect import __version__
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data.faces.base import Face, FaceDetector
 from deepfake_detect.data.faces.cascade import build_face_finder
-from deepfake_detect.data.faces.crop import (
-    crop_face,
-    crop_transform,
-    encode_crop,
-    select_faces,
-    transform_points,
-)
+from deepfake_detect.data.faces.crop import cut_faces, encode_crop, transform_points
 from deepfake_detect.data.faces.track import FaceTracker
 from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.labels import label_name
@@ -255,26 +249,22 @@ class UnitProcessor:
         tracker: FaceTracker | None,
     ) -> list[dict]:
         crop = self.config.crop
-        chosen = select_faces(faces, crop)
-        if not chosen:
+        cuts = cut_faces(image, faces, crop, tracker)
+        if not cuts:
             reason = "no face detected" if not faces else "no face passed the selection"
-            if tracker is not None:
-                tracker.update([])
             return [_row(item, index, when, status="no_face", reason=reason)]
-        ids = tracker.update(chosen) if tracker is not None else [None] * len(chosen)
         folder = item_folder(item)
         (self.out / folder).mkdir(parents=True, exist_ok=True)
         rows = []
-        for face, track in zip(chosen, ids, strict=True):
-            name = f"{index:05d}" + ("" if track is None else f"_{track}")
+        for cut in cuts:
+            face = cut.face
+            name = f"{index:05d}" + ("" if cut.track is None else f"_{cut.track}")
             rel = folder / f"{name}.{crop.format}"
-            matrix = crop_transform(image.shape, face, crop)
-            pixels = crop_face(image, face, crop)
-            (self.out / rel).write_bytes(encode_crop(pixels, crop.format, crop.quality))
+            (self.out / rel).write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
             points = face.landmarks if face.landmarks is not None else face.keypoints
-            marks = transform_points(points, matrix).round(1).tolist() if points is not None else []
+            marks = transform_points(points, cut.matrix).round(1).tolist() if points is not None else []
             rows.append(_row(
-                item, index, when, path=rel.as_posix(), face=0 if track is None else track,
+                item, index, when, path=rel.as_posix(), face=cut.track or 0,
                 box=[round(float(v), 1) for v in face.box], landmarks=marks,
                 score=round(float(face.score), 4),
             ))

@@ -17,7 +17,7 @@ import torch
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data.faces.base import FaceDetector
 from deepfake_detect.data.faces.cascade import build_face_finder
-from deepfake_detect.data.faces.crop import crop_face, select_faces
+from deepfake_detect.data.faces.crop import cut_faces
 from deepfake_detect.data.faces.track import FaceTracker
 from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.transforms import build_transform
@@ -120,11 +120,10 @@ class MediaScorer:
         def flush() -> None:
             found = self.faces.detect([img for _, _, img in batch])
             for (index, when, img), faces in zip(batch, found, strict=True):
-                chosen = select_faces(faces, crop_cfg)
-                ids = tracker.update(chosen) if tracker is not None else list(range(len(chosen)))
-                for face, track in zip(chosen, ids, strict=True):
-                    crops.append(crop_face(img, face, crop_cfg))
-                    where.append((index, track, when, [round(float(v), 1) for v in face.box]))
+                for cut in cut_faces(img, faces, crop_cfg, tracker):
+                    crops.append(cut.pixels)
+                    box = [round(float(v), 1) for v in cut.face.box]
+                    where.append((index, cut.track or 0, when, box))
             batch.clear()
 
         try:

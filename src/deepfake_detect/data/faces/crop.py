@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -18,6 +20,9 @@ import numpy as np
 from deepfake_detect.config.schema import CropConfig
 from deepfake_detect.data.faces.base import Face
 from deepfake_detect.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from deepfake_detect.data.faces.track import FaceTracker
 
 # Where the ArcFace 112 x 112 crop puts the eyes, nose tip and mouth corners (image left first).
 ARCFACE_TEMPLATE = np.array(
@@ -217,6 +222,31 @@ def crop_align(frame: np.ndarray, face: Face, margin: float, size: int) -> np.nd
 def crop_face(frame: np.ndarray, face: Face, crop: CropConfig) -> np.ndarray:
     """The crop of ``face`` that ``crop`` asks for (mode, margin, size), ``size x size x 3``."""
     return warp_crop(frame, crop_transform(frame.shape, face, crop), crop.size)
+
+
+@dataclass
+class FaceCrop:
+    face: Face
+    track: int | None  # track id across frames; None when only the largest face is kept
+    matrix: np.ndarray  # frame -> crop affine (2 x 3), e.g. for landmarks in crop pixels
+    pixels: np.ndarray  # size x size x 3 uint8
+
+
+def cut_faces(
+    frame: np.ndarray, faces: Sequence[Face], crop: CropConfig, tracker: FaceTracker | None = None
+) -> list[FaceCrop]:
+    """Select the faces ``crop`` asks for, give them track ids, and cut them out of ``frame``.
+
+    The one path from detections to crops, shared by ``prepare`` and prediction on raw media.
+    The tracker is updated on every frame, also when nothing is selected.
+    """
+    chosen = select_faces(list(faces), crop)
+    ids = tracker.update(chosen) if tracker is not None else [None] * len(chosen)
+    out = []
+    for face, track in zip(chosen, ids, strict=True):
+        matrix = crop_transform(frame.shape, face, crop)
+        out.append(FaceCrop(face, track, matrix, warp_crop(frame, matrix, crop.size)))
+    return out
 
 
 def encode_crop(img: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
