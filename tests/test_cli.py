@@ -15,7 +15,9 @@ from deepfake_detect.config import load_config
 from deepfake_detect.training.runner import train
 
 runner = CliRunner()
-COMMANDS = ["quickstart", "train", "evaluate", "predict", "prepare", "synthesize", "models", "config"]
+COMMANDS = [
+    "quickstart", "train", "evaluate", "predict", "export", "prepare", "synthesize", "models", "config",
+]
 
 
 @pytest.fixture(scope="module")

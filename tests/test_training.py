@@ -139,3 +139,15 @@ def test_ddp_validation_equals_single_process(tmp_path):
     for single, ddp in zip(runs["single"], runs["ddp"]):
         assert float(single["val_auc"]) == pytest.approx(float(ddp["val_auc"]), abs=1e-6)
         assert float(single["val_loss"]) == pytest.approx(float(ddp["val_loss"]), rel=1e-4)
+
+
+def test_the_datas_prepare_settings_win_over_the_configs(toy_dataset, tmp_path):
+    from deepfake_detect.config.schema import PrepareConfig
+
+    made = PrepareConfig.model_validate({"crop": {"mode": "align", "size": 48}})
+    (toy_dataset / "prepare.json").write_text(json.dumps({"prepare": made.model_dump(mode="json")}))
+    base = tiny_config(toy_dataset, tmp_path / "runs", epochs=1, evaluate_test=False)
+    base["prepare"] = {"crop": {"mode": "box", "size": 64}}  # e.g. a recipe's default
+    result = train(load_config(base=base), out=tmp_path / "run")
+    stored = load_checkpoint(result.run_dir / "model.safetensors").checkpoint_meta["experiment"]
+    assert PrepareConfig.model_validate(stored["prepare"]) == made

@@ -4,12 +4,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_detector", "load_checkpoint"]
+__all__ = ["__version__", "build_detector", "load_checkpoint", "load_detector"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import deepfake_detect` (e.g. for the version) does not import torch.
-    if name in ("build_detector", "load_checkpoint"):
+    if name in ("build_detector", "load_checkpoint", "load_detector"):
         from deepfake_detect import models
 
         return getattr(models, name)

@@ -41,7 +41,16 @@ def _root(
     """Adapt, evaluate and run face-forgery (deepfake) detectors."""
 
 
-Checkpoint = Annotated[Path, typer.Option(help="A .ckpt or .safetensors written by train.")]
+Checkpoint = Annotated[
+    Path,
+    typer.Option(help="A .ckpt or .safetensors written by train; with --config, any weights "
+                 "file that model reads (e.g. an official release)."),
+]
+ModelYaml = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML with the model section, to read a --checkpoint "
+                 "that was not written by this tool (e.g. configs/effort.yaml)."),
+]
 Threshold = Annotated[
     float | None, typer.Option(help="Decision threshold (default: the checkpoint's).")
 ]
@@ -108,6 +117,7 @@ def train(
     epilog=_examples(
         "deepfake-detect evaluate --checkpoint runs/x1/checkpoints/best.ckpt --data /data/celeb-df",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data a/ --data b.csv --split all",
+        "deepfake-detect evaluate -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --data cdf/ --data dfdc/",
     )
 )
 def evaluate(
@@ -121,6 +131,7 @@ def evaluate(
     workers: Workers = None,
     device: Device = "auto",
     plots: Annotated[bool, typer.Option(help="Write ROC, PR, confusion and histogram PNGs.")] = True,
+    config: ModelYaml = None,
 ) -> None:
     """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots."""
     from deepfake_detect.evaluation.runner import evaluate_checkpoint
@@ -130,7 +141,7 @@ def evaluate(
     results = evaluate_checkpoint(
         checkpoint, data, out_dir, split=split, threshold=threshold,
         video_aggregation=video_aggregation, batch_size=batch_size, num_workers=workers,
-        device=device, plots=plots,
+        device=device, plots=plots, config=config,
     )
     _print_metrics(results)
     console.print(f"results: {out_dir}")
@@ -141,6 +152,7 @@ def evaluate(
         "deepfake-detect predict --checkpoint runs/x1/model.safetensors faces/ --out preds.csv",
         "deepfake-detect predict --checkpoint best.ckpt clip.mp4 videos/ --aggregation confident --per-frame faces.csv",
         "deepfake-detect predict --checkpoint best.ckpt photo.jpg --detect-faces --json preds.json",
+        "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth faces/",
     )
 )
 def predict(
@@ -155,6 +167,7 @@ def predict(
     batch_size: BatchSize = 64,
     workers: Workers = None,
     device: Device = "auto",
+    config: ModelYaml = None,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
@@ -162,9 +175,9 @@ def predict(
     was trained with; a file without a face gets an error, not a score.
     """
     from deepfake_detect.inference.predict import predict_files, write_per_face, write_predictions
-    from deepfake_detect.models.checkpoint import load_checkpoint
+    from deepfake_detect.models.checkpoint import load_detector
 
-    detector = load_checkpoint(checkpoint)
+    detector = load_detector(checkpoint, config)
     faces: list = []
     rows = predict_files(
         detector, inputs, threshold=detector.threshold if threshold is None else threshold,
@@ -179,6 +192,33 @@ def predict(
         write_per_face(faces, per_frame)
     failed = sum(1 for r in rows if r.error)
     console.print(f"{len(rows) - failed} scored, {failed} failed" + (f" -> {out}" if out else ""))
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect export --checkpoint runs/e1/checkpoints/best.ckpt --out effort_mine.safetensors",
+        "deepfake-detect export -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --out effort_ff.safetensors",
+    )
+)
+def export(
+    checkpoint: Checkpoint,
+    out: Annotated[Path, typer.Option(help="The .safetensors file to write.")],
+    config: ModelYaml = None,
+    threshold: Threshold = None,
+) -> None:
+    """Write a standalone inference checkpoint: weights in their fastest form (Effort residuals
+    merged into plain layers) plus the model config, preprocessing and threshold.
+    """
+    from deepfake_detect.models.checkpoint import export_safetensors, load_detector
+
+    detector = load_detector(checkpoint, config)
+    meta = dict(detector.checkpoint_meta)
+    if threshold is not None:
+        meta["threshold"] = float(threshold)
+    path = export_safetensors(detector, out, meta)
+    size = path.stat().st_size / 2**20
+    console.print(f"wrote {path} ({size:.1f} MiB, detector {detector.config.name!r}, "
+                  f"threshold {meta['threshold']:.4g})")
 
 
 @app.command(

@@ -22,17 +22,64 @@ class Strict(BaseModel):
 
 
 class AugmentConfig(Strict):
-    """Train-time augmentation. Probabilities are per sample; 0 disables a transform."""
+    """Train-time augmentation. Probabilities are per sample; 0 disables a transform.
+
+    Applied in this order on uint8 images: crop/resize, hflip, rotation, blur,
+    brightness/contrast, color_jitter, jpeg; random erasing comes after normalisation.
+    """
 
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     rotation: float = Field(0.0, ge=0, le=180, description="max rotation in degrees")
+    rotation_p: float = Field(
+        1.0, ge=0, le=1, description="probability of rotating (uniform within +-rotation)"
+    )
+    blur: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
+    blur_kernel: tuple[int, int] = Field(
+        (3, 7),
+        description="range of odd blur kernel sizes; sigma follows OpenCV's rule for the size",
+    )
+    brightness: float = Field(
+        0.0, ge=0, le=1, description="probability of a brightness/contrast change"
+    )
+    brightness_limit: float = Field(
+        0.1, ge=0, lt=1, description="max additive brightness shift, fraction of the full range"
+    )
+    contrast_limit: float = Field(
+        0.0, ge=0, lt=1, description="contrast factor drawn in [1 - limit, 1 + limit]"
+    )
     color_jitter: tuple[float, float, float, float] | None = Field(
         None, description="brightness, contrast, saturation, hue jitter; null disables"
+    )
+    jpeg: float = Field(0.0, ge=0, le=1, description="probability of JPEG re-encoding")
+    jpeg_quality: tuple[int, int] = Field(
+        (40, 100), description="range of JPEG qualities (1..100) drawn uniformly"
     )
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing")
     scale: tuple[float, float] | None = Field(
         None, description="random resized crop scale range, e.g. [0.8, 1.0]; null: plain resize"
     )
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd_kernels(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if lo < 3 or hi < 3 or lo % 2 == 0 or hi % 2 == 0 or lo > hi:
+            raise ValueError(
+                f"data.augment.blur_kernel {list(v)} must be two odd sizes >= 3 with "
+                "min <= max, e.g. [3, 7]"
+            )
+        return v
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _quality_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(
+                f"data.augment.jpeg_quality {list(v)} must satisfy 1 <= min <= max <= 100, "
+                "e.g. [40, 100]"
+            )
+        return v
 
 
 class DataConfig(Strict):

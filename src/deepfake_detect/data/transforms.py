@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import v2
 
 from deepfake_detect.config.schema import AugmentConfig
+from deepfake_detect.data.augment import RandomBrightnessContrast, RandomKernelGaussianBlur
 from deepfake_detect.errors import ConfigError
 
 
@@ -34,24 +35,44 @@ def build_transform(
     else:
         steps.append(v2.Resize((size, size), antialias=True))
     if augment is not None:
-        if augment.hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(augment.hflip))
-        if augment.rotation > 0:
-            steps.append(v2.RandomRotation(augment.rotation))
-        if augment.color_jitter is not None:
-            b, c, s, h = augment.color_jitter
-            try:
-                steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
-            except (ValueError, TypeError) as e:
-                raise ConfigError(
-                    f"data.augment.color_jitter {augment.color_jitter} is invalid ({e}): "
-                    "brightness, contrast, saturation >= 0 and hue in [0, 0.5]"
-                ) from None
+        steps += _pixel_augmentations(augment)
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if augment is not None and augment.random_erasing > 0:
         steps.append(v2.RandomErasing(augment.random_erasing))
     steps.append(v2.ToPureTensor())  # plain tensors collate and pickle without tv_tensors
     return v2.Compose(steps)
+
+
+def _pixel_augmentations(augment: AugmentConfig) -> list[Any]:
+    """The uint8 augmentations after crop/resize, in order: hflip, rotation, blur,
+    brightness/contrast, colour jitter, JPEG (compression last, as a saved fake would be)."""
+    steps: list[Any] = []
+    if augment.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(augment.hflip))
+    if augment.rotation > 0 and augment.rotation_p > 0:
+        steps.append(_with_probability(v2.RandomRotation(augment.rotation), augment.rotation_p))
+    if augment.blur > 0:
+        steps.append(_with_probability(RandomKernelGaussianBlur(augment.blur_kernel), augment.blur))
+    if augment.brightness > 0:
+        bc = RandomBrightnessContrast(augment.brightness_limit, augment.contrast_limit)
+        steps.append(_with_probability(bc, augment.brightness))
+    if augment.color_jitter is not None:
+        b, c, s, h = augment.color_jitter
+        try:
+            steps.append(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(
+                f"data.augment.color_jitter {augment.color_jitter} is invalid ({e}): "
+                "brightness, contrast, saturation >= 0 and hue in [0, 0.5]"
+            ) from None
+    if augment.jpeg > 0:
+        steps.append(_with_probability(v2.JPEG(list(augment.jpeg_quality)), augment.jpeg))
+    return steps
+
+
+def _with_probability(transform: Any, p: float) -> Any:
+    """``transform`` applied with probability ``p``; unwrapped at p == 1 so it always runs."""
+    return transform if p >= 1 else v2.RandomApply([transform], p=p)
 
 
 def _preprocessing(pre: Mapping[str, Any]) -> tuple[int, list[float], list[float]]:

@@ -128,15 +128,20 @@ def evaluate_checkpoint(
     device: str | None = None,
     plots: bool = True,
     progress: bool = True,
+    config: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset."""
+    """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset.
+
+    With ``config`` (a YAML with the model section) ``checkpoint`` may be any weights file that
+    detector reads, e.g. an official release.
+    """
     from deepfake_detect.data.sources import discover
-    from deepfake_detect.models.checkpoint import load_checkpoint
+    from deepfake_detect.models.checkpoint import load_detector
     from deepfake_detect.runinfo import write_run_info
 
     if split not in SPLIT_CHOICES:
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
-    detector = load_checkpoint(checkpoint)
+    detector = load_detector(checkpoint, config)
     meta = detector.checkpoint_meta
     chosen_threshold = detector.threshold if threshold is None else threshold
     aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(

@@ -4,6 +4,7 @@ from deepfake_detect.models.checkpoint import (
     checkpoint_meta,
     export_safetensors,
     load_checkpoint,
+    load_detector,
 )
 from deepfake_detect.models.detector import Detector, FreezeConfig, ModelConfig
 from deepfake_detect.models.registry import (
@@ -28,6 +29,7 @@ __all__ = [
     "export_safetensors",
     "list_detectors",
     "load_checkpoint",
+    "load_detector",
     "load_detector_weights",
     "read_state_dict",
     "register_detector",

@@ -24,7 +24,6 @@ from deepfake_detect.errors import CheckpointError, DeepfakeDetectError
 from deepfake_detect.models.detector import Detector
 from deepfake_detect.models.weights import (
     is_safetensors,
-    load_state_dict_checked,
     select_lightning_model,
     torch_load_safe,
     unwrap_state_dict,
@@ -125,21 +124,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return dict(meta), state_dict
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Detector:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", inference: bool = True
+) -> Detector:
     """Rebuild the detector a checkpoint was saved from, load its weights, in eval mode.
 
-    The returned detector has ``threshold`` (the decision threshold on P(fake) chosen in
-    training) and ``checkpoint_meta`` (the stored meta) attributes.
+    With ``inference`` the detector is also put in its fastest equivalent form
+    (:meth:`Detector.for_inference`, e.g. adapters merged into plain layers). The returned
+    detector has ``threshold`` (the decision threshold on P(fake) chosen in training) and
+    ``checkpoint_meta`` (the stored meta) attributes.
     """
     from deepfake_detect.models.registry import build_detector, validate_model_config
 
     path = Path(path)
     meta, state_dict = read_checkpoint(path)
     # Weights come from the checkpoint: the backbone initialisation must not read or download.
-    model_cfg = {**meta["model"], "pretrained": None, "allow_download": False}
+    model_cfg = {**meta["model"], "pretrained": None, "weights": None, "allow_download": False}
     try:
         cfg = validate_model_config(model_cfg, source=str(path))
-        detector = build_detector(cfg)
+        detector = build_detector(cfg, weights=state_dict, source=path)
     except CheckpointError:
         raise
     except DeepfakeDetectError as exc:
@@ -147,8 +150,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: cannot rebuild the detector stored in this checkpoint "
             f"(saved by deepfake-detect {meta.get('version', '?')}): {exc}"
         ) from None
-    load_state_dict_checked(detector, state_dict, path)
+    if inference:
+        detector = detector.for_inference()
+        # The meta describes the detector as it is now (e.g. merged), so that an export of it
+        # rebuilds the same structure.
+        meta = {**meta, "model": detector.config.model_dump(mode="json")}
     detector.threshold = float(meta.get("threshold", 0.5))
     detector.checkpoint_meta = meta
+    detector.to(map_location)
+    return detector.eval()
+
+
+def load_detector(
+    path: str | Path,
+    config: str | Path | Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Detector:
+    """A detector ready for prediction from this tool's checkpoint, or, with ``config`` (an
+    experiment or model YAML, or a model mapping), from any weights file that detector reads
+    (e.g. an official release). Without ``config`` the file must be this tool's checkpoint.
+    """
+    if config is None:
+        return load_checkpoint(path, map_location)
+    from deepfake_detect.models.registry import build_detector
+
+    experiment: dict[str, Any] = {}
+    if isinstance(config, (str, Path)):
+        from deepfake_detect.config.loading import read_yaml
+
+        raw = read_yaml(config)
+        experiment = raw if isinstance(raw.get("model"), Mapping) else {"model": raw}
+        model_cfg = dict(experiment["model"])
+    else:
+        model_cfg = dict(config)
+    model_cfg.update({"pretrained": None, "weights": None, "allow_download": False})
+    detector = build_detector(model_cfg, weights=Path(path)).for_inference()
+    detector.threshold = 0.5
+    detector.checkpoint_meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
     detector.to(map_location)
     return detector.eval()

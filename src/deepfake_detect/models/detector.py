@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from deepfake_detect.config.schema import Strict
+from deepfake_detect.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +42,11 @@ class ModelConfig(Strict):
     )
     strip_prefix: list[str] = Field(
         default_factory=list, description="key prefixes removed from pretrained weights"
+    )
+    weights: Path | None = Field(
+        None,
+        description="whole-detector weights to start from (an official release the detector "
+        "reads, or a checkpoint of this tool), loaded strictly after building",
     )
     allow_download: bool = Field(
         False, description="let timm download pretrained weights by name (needs network)"
@@ -100,6 +107,43 @@ class Detector(nn.Module):
         """Names of parameters that form the classifier head (for separate learning rates)."""
         return {f"head.{n}" for n, _ in self.head.named_parameters()} if hasattr(self, "head") else set()
 
+    def regularization_loss(self) -> torch.Tensor | None:
+        """A loss term added to the training loss (e.g. Effort's orthogonality); None: none."""
+        return None
+
+    def for_inference(self) -> "Detector":
+        """Turn into the fastest equivalent form for evaluation and export (e.g. merge adapters).
+
+        Called on loaded checkpoints; the result need not be trainable as before.
+        """
+        return self.eval()
+
+    def apply_freeze(self) -> None:
+        """Apply ``model.freeze``: the whole backbone and/or parameters under name prefixes."""
+        freeze = self.config.freeze
+        if freeze.backbone and hasattr(self, "backbone"):
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        if not freeze.prefixes:
+            return
+        names = [n for n, _ in self.named_parameters()]
+
+        def hit(name: str, prefix: str) -> bool:
+            # Whole name components only: 'backbone.blocks.1' must not catch 'backbone.blocks.10'.
+            p = prefix.rstrip(".")
+            return name == p or name.startswith(p + ".")
+
+        for prefix in freeze.prefixes:
+            if not any(hit(n, prefix) for n in names):
+                raise ConfigError(
+                    f"model.freeze.prefixes: {prefix!r} matches no parameter of detector "
+                    f"{self.config.name!r}. Valid prefixes include: "
+                    f"{', '.join(_example_prefixes(names, prefix))}"
+                )
+        for n, p in self.named_parameters():
+            if any(hit(n, prefix) for prefix in freeze.prefixes):
+                p.requires_grad_(False)
+
     def adapt_state_dict(self, state_dict: dict) -> dict:
         """Map a foreign state dict (e.g. an official release) onto this detector's key names.
 
@@ -109,3 +153,15 @@ class Detector(nn.Module):
 
     def preprocessing(self) -> dict:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std)}
+
+
+def _example_prefixes(names: list[str], wanted: str, n: int = 8) -> list[str]:
+    candidates: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, min(len(parts), 4)):
+            candidates.append(".".join(parts[:depth]))
+    unique = list(dict.fromkeys(candidates))
+    close = difflib.get_close_matches(wanted.rstrip("."), unique, n=3, cutoff=0.5)
+    shallow = [c for c in unique if c.count(".") <= 1]
+    return list(dict.fromkeys([*close, *shallow]))[:n]

@@ -7,6 +7,7 @@ from deepfake_detect.config.schema import ExperimentConfig
 
 
 def config_reference() -> str:
+    from deepfake_detect.models.effort import EffortConfig
     from deepfake_detect.models.timm_detector import TimmDetectorConfig
 
     parts = [
@@ -15,5 +16,17 @@ def config_reference() -> str:
         "#### `model` for the timm detectors (`xception`, `mobilenetv2`, `efficientnet_b0`..`b7`, "
         "`swin_base`, `vit_base`, `timm`)",
         markdown_table(TimmDetectorConfig, "model."),
+        "#### `model` for `effort` (plus `num_classes`, `fake_index`, `input_size`, `mean`, `std`, "
+        "`freeze` as above; `pretrained`: a CLIP HF snapshot folder or weights file)",
+        markdown_table(EffortConfig, "model.", skip=_shared_keys()),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _shared_keys() -> tuple[str, ...]:
+    """Keys of the shared ``ModelConfig`` rows already listed in the first detector's table."""
+    from deepfake_detect.config.reference import iter_keys
+    from deepfake_detect.models.detector import ModelConfig
+
+    keep = {"model.name", "model.pretrained", "model.weights"}
+    return tuple(k for k, *_ in iter_keys(ModelConfig, "model.") if k not in keep)

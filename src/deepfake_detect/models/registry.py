@@ -9,6 +9,7 @@ A detector is registered with the config class that validates its ``model`` sect
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -29,6 +30,16 @@ class DetectorEntry:
 
 
 _REGISTRY: dict[str, DetectorEntry] = {}
+_WEIGHTS_FOLLOW: ContextVar[bool] = ContextVar("deepfake_detect_weights_follow", default=False)
+
+
+def weights_follow() -> bool:
+    """True inside a factory whose detector gets all its weights loaded right after building.
+
+    Factories may then skip work that the loaded weights overwrite: random initialisation,
+    reading backbone weights, decompositions (Effort's SVD).
+    """
+    return _WEIGHTS_FOLLOW.get()
 
 
 def register_detector(
@@ -84,23 +95,32 @@ def validate_model_config(config: Mapping[str, Any] | ModelConfig, source: str =
 
 def build_detector(
     config: Mapping[str, Any] | ModelConfig | str | Path,
-    weights: str | Path | None = None,
+    weights: str | Path | Mapping[str, Any] | None = None,
+    source: str | Path | None = None,
 ) -> Detector:
     """Build a detector from a config (a mapping, a validated config, or a YAML path).
 
     A YAML path may hold a full experiment config (with a ``model`` section) or only the model
-    section. ``weights`` names a file of detector weights (this tool's checkpoints or an official
-    release the detector understands); it is loaded strictly.
+    section. ``weights`` (default: the config's ``model.weights``) names a file of detector
+    weights, or is an already-read state dict (then ``source`` names it in errors): this tool's
+    checkpoints or an official release the detector understands. It is loaded strictly.
     """
-    source = ""
+    yaml_source = ""
     if isinstance(config, (str, Path)):
-        source = str(config)
+        yaml_source = str(config)
         raw = read_yaml(config)
         config = raw.get("model", raw) if isinstance(raw.get("model"), dict) else raw
-    cfg = validate_model_config(config, source=source)
-    detector = get_entry(cfg.name).factory(cfg)
+    cfg = validate_model_config(config, source=yaml_source)
+    if weights is None:
+        weights = cfg.weights
+    token = _WEIGHTS_FOLLOW.set(weights is not None)
+    try:
+        detector = get_entry(cfg.name).factory(cfg)
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
     if weights is not None:
         from deepfake_detect.models.weights import load_detector_weights
 
-        load_detector_weights(detector, weights)
+        # The detector was built to receive these weights: take them without a copy.
+        load_detector_weights(detector, weights, source=source, assign=True)
     return detector

@@ -132,7 +132,7 @@ class TimmDetector(Detector):
                     f"model.grad_checkpointing: timm model {name!r} does not support gradient "
                     "checkpointing; set it to false"
                 ) from None
-        self._apply_freeze()
+        self.apply_freeze()
 
     @staticmethod
     def _create_backbone(
@@ -191,31 +191,6 @@ class TimmDetector(Detector):
             return SqueezeExcite(channels, cfg.attention_reduction)
         return CBAM(channels, cfg.attention_reduction)
 
-    def _apply_freeze(self) -> None:
-        freeze = self.config.freeze
-        if freeze.backbone:
-            for p in self.backbone.parameters():
-                p.requires_grad_(False)
-        if not freeze.prefixes:
-            return
-        names = [n for n, _ in self.named_parameters()]
-
-        def hit(name: str, prefix: str) -> bool:
-            # Whole name components only: 'backbone.blocks.1' must not catch 'backbone.blocks.10'.
-            p = prefix.rstrip(".")
-            return name == p or name.startswith(p + ".")
-
-        for prefix in freeze.prefixes:
-            if not any(hit(n, prefix) for n in names):
-                raise ConfigError(
-                    f"model.freeze.prefixes: {prefix!r} matches no parameter of detector "
-                    f"{self.config.name!r}. Valid prefixes include: "
-                    f"{', '.join(_example_prefixes(names, prefix))}"
-                )
-        for n, p in self.named_parameters():
-            if any(hit(n, prefix) for prefix in freeze.prefixes):
-                p.requires_grad_(False)
-
     def train(self, mode: bool = True) -> "TimmDetector":
         super().train(mode)
         freeze = self.config.freeze
@@ -240,14 +215,3 @@ class TimmDetector(Detector):
         pooled = self.backbone.forward_head(feats, pre_logits=True)
         return self.head(pooled)
 
-
-def _example_prefixes(names: list[str], wanted: str, n: int = 8) -> list[str]:
-    candidates: list[str] = []
-    for name in names:
-        parts = name.split(".")
-        for depth in range(1, min(len(parts), 4)):
-            candidates.append(".".join(parts[:depth]))
-    unique = list(dict.fromkeys(candidates))
-    close = difflib.get_close_matches(wanted.rstrip("."), unique, n=3, cutoff=0.5)
-    shallow = [c for c in unique if c.count(".") <= 1]
-    return list(dict.fromkeys([*close, *shallow]))[:n]

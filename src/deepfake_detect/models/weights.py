@@ -286,9 +286,18 @@ def _head_output_mismatch(detector: nn.Module, mismatched: list[tuple[str, tuple
 
 
 def load_state_dict_checked(
-    detector: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path
+    detector: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str | Path,
+    assign: bool = False,
 ) -> None:
-    """Strict load that explains a mismatch instead of raising torch's RuntimeError."""
+    """Strict load that explains a mismatch instead of raising torch's RuntimeError.
+
+    With ``assign`` the module takes the given tensors instead of copying them into its own
+    (for a freshly built detector: a memory-mapped file is then used in place, which makes
+    building from a large checkpoint as cheap as HF's ``from_pretrained``). Tensors whose dtype
+    differs from the module's are cast first.
+    """
     missing, unexpected, mismatched = compare_state_dict(detector, state_dict)
     if missing or unexpected or mismatched:
         name = getattr(getattr(detector, "config", None), "name", type(detector).__name__)
@@ -313,7 +322,16 @@ def load_state_dict_checked(
             f"{describe_mismatch(missing, unexpected, mismatched, n_expected)}\n"
             f"  likely cause: {cause}"
         )
-    result = detector.load_state_dict(dict(state_dict), strict=False)
+    state = dict(state_dict)
+    own = detector.state_dict()
+    # Copying into tensors on the meta device (a structure built to receive weights) would be
+    # a silent no-op.
+    assign = assign or any(t.is_meta for t in own.values())
+    if assign:
+        for key, value in state.items():
+            if value.dtype != own[key].dtype:
+                state[key] = value.to(own[key].dtype)
+    result = detector.load_state_dict(state, strict=False, assign=assign)
     left = [k for k in result.missing_keys if not _skippable(k)]
     if left or result.unexpected_keys:  # pragma: no cover - checked above
         raise CheckpointError(f"{source}: weights do not fit: missing {left[:5]}")
@@ -328,19 +346,31 @@ def select_lightning_model(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return ours if len(ours) > len(state_dict) / 2 else dict(state_dict)
 
 
-def load_detector_weights(detector: nn.Module, path: str | Path) -> nn.Module:
-    """Load a file of detector weights strictly (this tool's checkpoints or foreign ones).
+def load_detector_weights(
+    detector: nn.Module,
+    weights: str | Path | Mapping[str, torch.Tensor],
+    source: str | Path | None = None,
+    assign: bool = False,
+) -> nn.Module:
+    """Load detector weights strictly: a file (this tool's checkpoints or foreign ones) or a
+    state dict already read (``source`` names it in messages). ``assign``: see
+    :func:`load_state_dict_checked` (for detectors just built to receive these weights).
 
     Lightning checkpoints written by training hold the detector under ``model.``; those entries
     are taken, then :meth:`Detector.adapt_state_dict` maps foreign key names.
     """
-    sd = read_state_dict(path)
+    if isinstance(weights, Mapping):
+        sd = dict(weights)
+        source = source or "state dict"
+    else:
+        source = source or weights
+        sd = read_state_dict(weights)
     if not any(k.startswith("model.") for k in detector.state_dict()):
         sd = select_lightning_model(sd)
     adapt = getattr(detector, "adapt_state_dict", None)
     if adapt is not None:
         sd = adapt(sd)
-    load_state_dict_checked(detector, sd, path)
+    load_state_dict_checked(detector, sd, source, assign=assign)
     return detector
 
 

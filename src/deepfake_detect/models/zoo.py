@@ -51,3 +51,7 @@ for _name, _arch in TIMM_DETECTORS.items():
 )
 def timm_any(cfg: TimmAnyConfig) -> TimmDetector:
     return TimmDetector(cfg)
+
+
+# Detectors with their own module register themselves on import.
+import deepfake_detect.models.effort  # noqa: E402,F401

@@ -71,10 +71,12 @@ class DetectorModule(L.LightningModule):
             return None  # every file of this batch failed to load; they are counted
         logits = self.model(self._images(batch))
         loss = self.criterion(logits, batch["label"])
-        self.log(
-            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-            batch_size=len(batch["label"]),
-        )
+        n = len(batch["label"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        extra = self.model.regularization_loss()
+        if extra is not None:
+            self.log("train_reg_loss", extra, on_step=True, on_epoch=True, batch_size=n)
+            loss = loss + extra
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -132,12 +132,15 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     update: dict = {"model": model_cfg.model_dump(mode="json")}
-    if "prepare" not in config.model_fields_set:
-        # crops made by `prepare`: predict on raw media must cut faces the same way
-        from deepfake_detect.data.prepare import read_prepare_settings
+    # Crops made by `prepare`: predict on raw media must cut faces the way they were cut, so
+    # the data's prepare.json wins over the config's prepare section.
+    from deepfake_detect.data.prepare import read_prepare_settings
 
-        if (found := read_prepare_settings(config.data.path)) is not None:
-            update["prepare"] = found
+    if (found := read_prepare_settings(config.data.path)) is not None:
+        if "prepare" in config.model_fields_set and found != config.prepare:
+            _print("prepare: the config's prepare section differs from how the training crops "
+                   "were made (the data's prepare.json); the latter is stored with the model")
+        update["prepare"] = found
     resolved = config.model_copy(update=update)
     if rank_zero_only.rank == 0:
         write_run_info(run_dir, resolved.model_dump(mode="json"), resumed_from=str(last_ckpt) if resumed else None)

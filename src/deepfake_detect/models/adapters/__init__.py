@@ -1,0 +1,1 @@
+"""Parameter-efficient adapters that replace layers of a pretrained backbone."""

@@ -1,0 +1,1 @@
+"""Backbones built from libraries other than timm (HF transformers)."""
