@@ -155,6 +155,10 @@ def load_checkpoint(
         # The meta describes the detector as it is now (e.g. merged), so that an export of it
         # rebuilds the same structure.
         meta = {**meta, "model": detector.config.model_dump(mode="json")}
+    return _ready(detector, meta, map_location)
+
+
+def _ready(detector: Detector, meta: dict[str, Any], map_location: str | torch.device) -> Detector:
     detector.threshold = float(meta.get("threshold", 0.5))
     detector.checkpoint_meta = meta
     detector.to(map_location)
@@ -185,7 +189,5 @@ def load_detector(
         model_cfg = dict(config)
     model_cfg.update({"pretrained": None, "weights": None, "allow_download": False})
     detector = build_detector(model_cfg, weights=Path(path)).for_inference()
-    detector.threshold = 0.5
-    detector.checkpoint_meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
-    detector.to(map_location)
-    return detector.eval()
+    meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
+    return _ready(detector, meta, map_location)

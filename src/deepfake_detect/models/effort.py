@@ -20,6 +20,7 @@ from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models.adapters.svd import (
     RESIDUAL_KEYS,
     check_patterns,
+    merge_factors,
     merge_svd_residual,
     replace_with_svd_residual,
     svd_residual_layers,
@@ -116,10 +117,10 @@ class EffortDetector(Detector):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
         adapter = config.adapter
-        self.adapted = check_patterns(self.backbone, adapter.targets, "model.adapter.targets")
+        adapted = check_patterns(self.backbone, adapter.targets, "model.adapter.targets")
         if not config.merged:
             replace_with_svd_residual(
-                self.backbone, self.adapted, adapter.residual_rank,
+                self.backbone, adapted, adapter.residual_rank,
                 decompose=not loaded_next,
                 svd_dtype=getattr(torch, adapter.svd_dtype),
                 svd_device=_svd_device(adapter.svd_device),
@@ -200,8 +201,7 @@ def _merge_factors(sd: dict) -> dict:
         if leaf in RESIDUAL_KEYS:
             continue
         if leaf == "weight_main":
-            u, s, v = (sd[f"{base}.{n}"].double() for n in RESIDUAL_KEYS)
-            out[f"{base}.weight"] = (value.double() + (u * s) @ v).to(value.dtype)
+            out[f"{base}.weight"] = merge_factors(value, *(sd[f"{base}.{n}"] for n in RESIDUAL_KEYS))
         else:
             out[key] = value
     return out

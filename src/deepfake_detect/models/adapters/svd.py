@@ -25,6 +25,14 @@ from deepfake_detect.errors import ConfigError
 RESIDUAL_KEYS = ("U_residual", "S_residual", "V_residual")
 
 
+def merge_factors(
+    weight_main: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``weight_main + u diag(s) v``, summed in float64 and returned in ``weight_main``'s dtype."""
+    w = weight_main.double() + (u.double() * s.double()) @ v.double()
+    return w.to(weight_main.dtype)
+
+
 class SVDResidualLinear(nn.Module):
     """``y = x (weight_main + U_residual diag(S_residual) V_residual)^T + bias``."""
 
@@ -68,9 +76,8 @@ class SVDResidualLinear(nn.Module):
         return (self.U_residual * self.S_residual) @ self.V_residual
 
     def merged_weight(self) -> torch.Tensor:
-        """The full weight ``weight_main + U diag(S) V``, summed in float64 then cast back."""
-        w = self.weight_main.double() + self.residual_weight().double()
-        return w.to(self.weight_main.dtype)
+        """The full weight ``weight_main + U diag(S) V``."""
+        return merge_factors(self.weight_main, self.U_residual, self.S_residual, self.V_residual)
 
     @classmethod
     def from_linear(
