@@ -242,14 +242,8 @@ def test_one_logit_config_against_two_logit_release_is_explained(effort_files):
         build_detector({**release_cfg(expected), "num_classes": 1}, weights=path)
 
 
-def test_other_architecture_is_refused_with_keys_and_cause(shared, monkeypatch):
-    import argparse
-
-    from deepfake_detect.models import weights as weights_mod
-
+def test_other_architecture_is_refused_with_keys_and_cause(shared):
     fsfm = shared / "fixtures" / "fsfm" / "fsfm_tiny_finetuned.pth"
-    # FSFM files carry an argparse.Namespace; allow it for this test only.
-    monkeypatch.setattr(weights_mod, "SAFE_GLOBALS", [*weights_mod.SAFE_GLOBALS, argparse.Namespace])
     with pytest.raises(CheckpointError) as info:
         build_detector(tiny_cfg(), weights=fsfm)
     msg = str(info.value)

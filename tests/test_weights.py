@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +106,21 @@ def test_pickled_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_custom_class_is_named(tmp_path):
-    torch.save({"state_dict": small_sd(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "a.pth")
-    with pytest.raises(CheckpointError, match="argparse.Namespace"):
+    torch.save({"state_dict": small_sd(), "args": fractions.Fraction(1, 3)}, tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match="fractions.Fraction"):
         read_state_dict(tmp_path / "a.pth")
+
+
+def test_argparse_namespace_is_allowed(tmp_path):
+    # Official FSFM checkpoints keep their training arguments in one.
+    torch.save({"state_dict": small_sd(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "a.pth")
+    assert set(read_state_dict(tmp_path / "a.pth")) == set(small_sd())
 
 
 def test_allow_safe_globals(tmp_path, monkeypatch):
     monkeypatch.setattr(weights_mod, "SAFE_GLOBALS", list(weights_mod.SAFE_GLOBALS))
-    torch.save({"state_dict": small_sd(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "a.pth")
-    weights_mod.allow_safe_globals(argparse.Namespace)
+    torch.save({"state_dict": small_sd(), "args": fractions.Fraction(1, 3)}, tmp_path / "a.pth")
+    weights_mod.allow_safe_globals(fractions.Fraction)
     assert set(read_state_dict(tmp_path / "a.pth")) == set(small_sd())
 
 

@@ -8,6 +8,7 @@ from deepfake_detect.config.schema import ExperimentConfig
 
 def config_reference() -> str:
     from deepfake_detect.models.effort import EffortConfig
+    from deepfake_detect.models.fsfm import FSFMConfig
     from deepfake_detect.models.timm_detector import TimmDetectorConfig
 
     parts = [
@@ -19,6 +20,8 @@ def config_reference() -> str:
         "#### `model` for `effort` (plus `num_classes`, `fake_index`, `input_size`, `mean`, `std`, "
         "`freeze` as above; `pretrained`: a CLIP HF snapshot folder or weights file)",
         markdown_table(EffortConfig, "model.", skip=_shared_keys()),
+        "#### `model` for `fsfm` (the timm keys above, default `fake_index` 0, plus `vit`)",
+        markdown_table(FSFMConfig, "model.", skip=_timm_keys(TimmDetectorConfig)),
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -30,3 +33,9 @@ def _shared_keys() -> tuple[str, ...]:
 
     keep = {"model.name", "model.pretrained", "model.weights"}
     return tuple(k for k, *_ in iter_keys(ModelConfig, "model.") if k not in keep)
+
+
+def _timm_keys(timm_config) -> tuple[str, ...]:
+    from deepfake_detect.config.reference import iter_keys
+
+    return tuple(k for k, *_ in iter_keys(timm_config, "model."))

@@ -113,6 +113,9 @@ def build_detector(
     cfg = validate_model_config(config, source=yaml_source)
     if weights is None:
         weights = cfg.weights
+    elif cfg.weights is None and isinstance(weights, (str, Path)):
+        # The config records where the weights came from (detectors may read files beside them).
+        cfg = cfg.model_copy(update={"weights": Path(weights)})
     token = _WEIGHTS_FOLLOW.set(weights is not None)
     try:
         detector = get_entry(cfg.name).factory(cfg)

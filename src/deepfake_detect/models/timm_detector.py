@@ -14,6 +14,7 @@ from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models.attention import CBAM, SqueezeExcite
 from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
 from deepfake_detect.models.heads import HeadConfig, build_head
+from deepfake_detect.models.registry import weights_follow
 from deepfake_detect.models.weights import load_backbone_weights
 
 # create_model arguments this detector sets itself, and the config key that controls each.
@@ -116,14 +117,8 @@ class TimmDetector(Detector):
         self.attention = self._build_attention(fixed) if config.attention != "none" else None
         self.head = build_head(config.head, self.feature_dim, config.num_classes)
         self.pretrained_report: dict[str, Any] | None = None
-        if config.pretrained is not None:
-            classifier = pcfg.get("classifier") or ()
-            self.pretrained_report = load_backbone_weights(
-                self.backbone,
-                config.pretrained,
-                config.strip_prefix,
-                drop_prefixes=(classifier,) if isinstance(classifier, str) else classifier,
-            )
+        if config.pretrained is not None and not weights_follow():
+            self.pretrained_report = self.load_pretrained(config.pretrained)
         if config.grad_checkpointing:
             try:
                 self.backbone.set_grad_checkpointing(True)
@@ -133,6 +128,17 @@ class TimmDetector(Detector):
                     "checkpointing; set it to false"
                 ) from None
         self.apply_freeze()
+
+    def load_pretrained(self, path) -> dict[str, Any]:
+        """Load backbone weights from ``path`` (``model.pretrained``); returns a report."""
+        pcfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        classifier = pcfg.get("classifier") or ()
+        return load_backbone_weights(
+            self.backbone,
+            path,
+            self.config.strip_prefix,
+            drop_prefixes=(classifier,) if isinstance(classifier, str) else classifier,
+        )
 
     @staticmethod
     def _create_backbone(

@@ -7,6 +7,7 @@ refused with instructions for converting it to safetensors once, in a session th
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 import re
@@ -43,7 +44,9 @@ def _numpy_globals() -> list[Any]:
     return out
 
 
-SAFE_GLOBALS: list[Any] = _numpy_globals()
+# Official FSFM checkpoints (and many research ones) store their training arguments as an
+# argparse.Namespace: a plain attribute bag, harmless to rebuild.
+SAFE_GLOBALS: list[Any] = [*_numpy_globals(), argparse.Namespace]
 """Classes and functions, beyond torch's defaults, that weight files may reference."""
 
 
