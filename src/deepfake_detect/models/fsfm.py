@@ -120,14 +120,13 @@ class FSFMDetector(TimmDetector):
     def adapt_state_dict(self, state_dict: dict) -> dict:
         if not any(k in state_dict for k in ("cls_token", "pos_embed")):
             return state_dict  # this tool's layout (backbone.*, head.*)
-        sd = state_dict
-        if "head.weight" not in sd:
+        if "head.weight" not in state_dict:
             raise CheckpointError(
                 "this is a pretrained FSFM encoder (no classifier head): give it as "
                 "model.pretrained to fine-tune from it, not as detector weights"
             )
         out = {}
-        for key, value in sd.items():
+        for key, value in state_dict.items():
             if key.startswith("head."):
                 out[f"head.fc.{key[len('head.'):]}"] = value
             else:

@@ -326,14 +326,14 @@ def load_state_dict_checked(
             f"  likely cause: {cause}"
         )
     state = dict(state_dict)
-    own = detector.state_dict()
+    current = detector.state_dict()
     # Copying into tensors on the meta device (a structure built to receive weights) would be
     # a silent no-op.
-    assign = assign or any(t.is_meta for t in own.values())
+    assign = assign or any(t.is_meta for t in current.values())
     if assign:
         for key, value in state.items():
-            if value.dtype != own[key].dtype:
-                state[key] = value.to(own[key].dtype)
+            if value.dtype != current[key].dtype:
+                state[key] = value.to(current[key].dtype)
     result = detector.load_state_dict(state, strict=False, assign=assign)
     left = [k for k in result.missing_keys if not _skippable(k)]
     if left or result.unexpected_keys:  # pragma: no cover - checked above

@@ -72,9 +72,6 @@ class SVDResidualLinear(nn.Module):
         low = F.linear(x, self.V_residual) * self.S_residual
         return main + F.linear(low, self.U_residual)
 
-    def residual_weight(self) -> torch.Tensor:
-        return (self.U_residual * self.S_residual) @ self.V_residual
-
     def merged_weight(self) -> torch.Tensor:
         """The full weight ``weight_main + U diag(S) V``."""
         return merge_factors(self.weight_main, self.U_residual, self.S_residual, self.V_residual)
