@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from deepfake_detect.data.faces.base import Face, FaceDetector
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny test models gain nothing from threads, and spinning OpenMP threads collapse under load.
@@ -115,3 +117,25 @@ def square_frames(n: int, size: tuple[int, int] = (96, 128), empty: tuple[int, .
             img[20:60, x : x + 40] = 220
         out.append(img)
     return out
+
+
+class BrightSquare(FaceDetector):
+    """Stand-in face detector: the bounding box of bright pixels is the face; records the
+    size of each detection batch in ``calls``."""
+
+    name = "bright"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def detect(self, frames):
+        self.calls.append(len(frames))
+        out = []
+        for img in frames:
+            ys, xs = np.nonzero(img.mean(axis=2) > 150)
+            if len(xs) < 20:
+                out.append([])
+                continue
+            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+            out.append([Face(box=box, score=0.99)])
+        return out

@@ -92,14 +92,53 @@ def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
     assert len(json.loads((tmp_path / "p.json").read_text())) == len(rows)
 
 
-def test_train_command_with_overrides(tmp_path):
+def test_predict_submission_is_exactly_filename_label(trained, tmp_path):
+    run_dir, data = trained
+    bad = tmp_path / "zz_broken.png"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "submission.csv"
+    inputs = [str(data / "test" / "real"), str(bad), str(data / "test" / "fake")]
+    result = runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"),
+                                 *inputs, "--format", "submission", "--out", str(out),
+                                 "--workers", "0", "--fail-label", "0"])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "filename,label"
+    rows = [line.split(",") for line in lines[1:]]
+    expected = sorted(p.name for p in (data / "test").rglob("*.png")) + ["zz_broken.png"]
+    assert [name for name, _ in rows] == sorted(expected)  # every input once, sorted, with extension
+    assert all(label in ("0", "1") for _, label in rows)
+    assert dict(rows)["zz_broken.png"] == "0" and "zz_broken.png" in result.output
+    # Same labels as the detailed CSV.
+    detailed = tmp_path / "preds.csv"
+    runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"), *inputs,
+                        "--out", str(detailed), "--workers", "0"])
+    with open(detailed, newline="") as fh:
+        full = {Path(r["filename"]).name: r["label"] for r in csv.DictReader(fh) if not r["error"]}
+    assert all(dict(rows)[name] == label for name, label in full.items())
+
+
+def _train_cli(tmp_path, *args):
+    """A one-epoch tiny config in c.yaml, trained by the CLI into tmp_path/run with ``args``."""
     data = make_dataset(tmp_path / "d", videos_per_class=4, frames=2, splits=("train", "val"))
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(data, tmp_path / "runs", epochs=1)))
-    result = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "run"),
-                                 "train.optimizer.lr=0.001", "name=renamed"])
+    result = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    return config, result, yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+
+
+def test_train_strategy_flag_sets_the_config_key(tmp_path):
+    config, result, saved = _train_cli(tmp_path, "--strategy", "feature_extractor")
+    assert saved["strategy"]["name"] == "feature_extractor"
+    assert "strategy feature_extractor:" in result.output and "trainable of" in result.output
+    bad = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "r2"),
+                              "--strategy", "lora"])
+    assert bad.exit_code != 0 and "strategy.name" in str(bad.exception) + bad.output
+
+
+def test_train_command_with_overrides(tmp_path):
+    config, _, saved = _train_cli(tmp_path, "train.optimizer.lr=0.001", "name=renamed")
     assert saved["train"]["optimizer"]["lr"] == 0.001 and saved["name"] == "renamed"
     # A second run into the same folder is refused rather than mixing two runs.
     again = runner.invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "run")])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import square_frames, write_video
+from conftest import BrightSquare, square_frames, write_video
 from PIL import Image
 
 from deepfake_detect.config.schema import PrepareConfig
@@ -17,27 +17,6 @@ from deepfake_detect.data.media import find_media
 from deepfake_detect.data.prepare import prepare, read_prepare_settings
 from deepfake_detect.data.sources import scan
 from deepfake_detect.errors import DataError
-
-
-class BrightSquare(FaceDetector):
-    """Stand-in detector: the bounding box of bright pixels is the face."""
-
-    name = "bright"
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def detect(self, frames):
-        self.calls.append(len(frames))
-        out = []
-        for img in frames:
-            ys, xs = np.nonzero(img.mean(axis=2) > 150)
-            if len(xs) < 20:
-                out.append([])
-                continue
-            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-            out.append([Face(box=box, score=0.99)])
-        return out
 
 
 def _settings(**crop) -> PrepareConfig:

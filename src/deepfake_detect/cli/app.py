@@ -87,6 +87,8 @@ def quickstart(
         "deepfake-detect train -c configs/mobilenetv2.yaml data.path=/data/ff++",
         "deepfake-detect train -c configs/xception.yaml --out runs/x1 train.epochs=3 data.batch_size=16",
         "deepfake-detect train -c configs/xception.yaml --out runs/x1 --resume",
+        "deepfake-detect train -c configs/fsfm.yaml --strategy peft_lora model.pretrained=fsfm/checkpoint-400.pth data.path=/data/faces",
+        "deepfake-detect train -c configs/fsfm.yaml --strategy feature_extractor strategy.cache_features=true data.augment.hflip=0",
     )
 )
 def train(
@@ -96,12 +98,22 @@ def train(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default <output_dir>/<name>-<time>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="fine_tuning, feature_extractor or peft_lora: the same as strategy.name=NAME."),
+    ] = None,
 ) -> None:
-    """Fine-tune a detector. Writes config, logs, checkpoints, metrics and plots to one run folder."""
+    """Fine-tune a detector. Writes config, logs, checkpoints, metrics and plots to one run folder.
+
+    The strategy decides what trains: everything (fine_tuning, optionally with frozen layers and
+    layer-wise lr decay), only the head (feature_extractor) or LoRA adapters plus the head
+    (peft_lora, adapters also saved alone in <run>/adapter).
+    """
     from deepfake_detect.config import load_config
     from deepfake_detect.training.runner import train as run_train
 
-    cfg = load_config(config, overrides or [])
+    extra = [f"strategy.name={strategy}"] if strategy is not None else []
+    cfg = load_config(config, [*(overrides or []), *extra])
     result = run_train(cfg, out=out, resume=resume)
     if result.best_checkpoint is None:
         return
@@ -153,6 +165,7 @@ def evaluate(
         "deepfake-detect predict --checkpoint best.ckpt clip.mp4 videos/ --aggregation confident --per-frame faces.csv",
         "deepfake-detect predict --checkpoint best.ckpt photo.jpg --detect-faces --json preds.json",
         "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth faces/",
+        "deepfake-detect predict --checkpoint runs/f1/model.safetensors test/ --format submission --out submission.csv",
     )
 )
 def predict(
@@ -168,13 +181,28 @@ def predict(
     workers: Workers = None,
     device: Device = "auto",
     config: ModelYaml = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="csv: filename,label,score,frames,faces,error; "
+                          "submission: exactly filename,label (base names, sorted).")
+    ] = "csv",
+    fail_label: Annotated[
+        int, typer.Option(min=0, max=1, help="submission: label of files that could not be scored.")
+    ] = 1,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
     Videos (and photos with --detect-faces) are cut into faces with the settings the checkpoint
-    was trained with; a file without a face gets an error, not a score.
+    was trained with; a file without a face gets an error, not a score. With --format
+    submission a failed file still gets a row (--fail-label) and is listed on the console.
     """
-    from deepfake_detect.inference.predict import predict_files, write_per_face, write_predictions
+    if output_format not in ("csv", "submission"):
+        raise typer.BadParameter("--format must be csv or submission")
+    from deepfake_detect.inference.predict import (
+        predict_files,
+        write_per_face,
+        write_predictions,
+        write_submission,
+    )
     from deepfake_detect.models.checkpoint import load_detector
 
     detector = load_detector(checkpoint, config)
@@ -184,7 +212,16 @@ def predict(
         batch_size=batch_size, num_workers=workers, device=device, detect_faces=detect_faces,
         aggregation=aggregation, per_face=faces,
     )
-    if out is None and json_out is None:
+    if output_format == "submission":
+        failed_rows = write_submission(rows, out or sys.stdout, fail_label)
+        for r in failed_rows:
+            console.print(f"[yellow]not scored, labelled {fail_label}[/yellow]: {escape(r.filename)} ({escape(r.error)})")
+        names = [Path(r.filename).name for r in rows]
+        if len(set(names)) < len(names):
+            console.print("[yellow]some inputs share a file name; their submission rows are ambiguous[/yellow]")
+        if json_out is not None:
+            write_predictions(rows, None, json_out)
+    elif out is None and json_out is None:
         write_predictions(rows, sys.stdout)
     else:
         write_predictions(rows, out, json_out)

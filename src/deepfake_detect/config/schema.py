@@ -100,6 +100,16 @@ class DataConfig(Strict):
     verify: Literal["none", "header", "full"] = Field(
         "header", description="check files before training: header only, full decode, or none"
     )
+    videos: Literal["prepare", "refuse"] = Field(
+        "prepare",
+        description="videos found in dataset folders are cut into face crops with the `prepare` "
+        "settings and cached; refuse: stop with an error that says what to run",
+    )
+    faces_cache: Path | None = Field(
+        None,
+        description="where face crops of videos in dataset folders are kept between runs; "
+        "null: <output_dir>/faces-cache/<folder name>-<hash>",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("path", mode="before")
@@ -159,8 +169,13 @@ class TrainConfig(Strict):
     )
     accumulate_grad_batches: int = Field(1, ge=1, description="batches per optimizer step")
     gradient_clip_val: float | None = Field(None, gt=0, description="clip gradient norm")
-    monitor: Literal["val_auc", "val_loss", "val_macro_f1", "val_acc", "val_ap", "val_eer"] = Field(
-        "val_auc", description="validation metric for best checkpoint and early stopping"
+    monitor: Literal[
+        "val_auc", "val_loss", "val_macro_f1", "val_f1", "val_f1_real", "val_acc", "val_ap",
+        "val_eer", "val_balanced_acc",
+    ] = Field(
+        "val_auc",
+        description="validation metric for best checkpoint and early stopping (val_f1: F1 of "
+        "the fake class, val_f1_real: of the real class, val_macro_f1: their mean)",
     )
     early_stopping_patience: int | None = Field(None, ge=1, description="null disables")
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = Field(
@@ -278,6 +293,56 @@ class PrepareConfig(Strict):
     crop: CropConfig = Field(default_factory=CropConfig)
 
 
+class LoraSettings(Strict):
+    """LoRA adapters (HF peft) for ``strategy.name: peft_lora``; names as in ``peft.LoraConfig``."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    lora_alpha: float = Field(16, gt=0, description="scale: the update is (lora_alpha / r) B A")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["qkv"],
+        description="linear layers to adapt, by name suffix within the backbone (timm ViT: qkv, "
+        "proj, fc1, fc2; CLIP: q_proj, k_proj, v_proj, out_proj)",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="which biases train with the adapters"
+    )
+
+
+class StrategyConfig(Strict):
+    """How a pretrained detector is adapted; applies to every detector.
+
+    fine_tuning: the detector's trainable parameters train (all, for plain backbones), except
+    those under ``freeze_layers``. feature_extractor: only the head trains; the rest is frozen and
+    kept in eval mode (norm statistics and dropout fixed). peft_lora: LoRA adapters on
+    ``lora.target_modules`` plus the head train; the adapters are merged for inference.
+    Keys of the strategies not chosen are kept but unused, so that one recipe can hold the
+    settings of all three and ``--strategy`` picks one.
+    """
+
+    name: Literal["fine_tuning", "feature_extractor", "peft_lora"] = Field(
+        "fine_tuning", description="fine_tuning, feature_extractor or peft_lora"
+    )
+    freeze_layers: list[str] = Field(
+        default_factory=list,
+        description="fine_tuning: parameter name prefixes kept frozen, within the backbone or "
+        "the detector (e.g. blocks.0, patch_embed, backbone.blocks.1)",
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1,
+        description="fine_tuning: layer-wise lr decay, lr x decay^(depth - layer) (FSFM/MAE "
+        "recipe: 0.65); the head keeps train.optimizer.head_lr",
+    )
+    cache_features: bool = Field(
+        False,
+        description="feature_extractor: compute backbone features once and reuse them in later "
+        "epochs for views that do not change between epochs (validation; training when "
+        "data.augment does nothing random)",
+    )
+    cache_max_gb: float = Field(4.0, gt=0, description="feature cache limit in memory, per split")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
 class ExperimentConfig(Strict):
     name: str = Field("run", description="run name, used in the run folder name")
     seed: int = Field(0, description="seed of weights init, sampling and augmentation")
@@ -285,6 +350,7 @@ class ExperimentConfig(Strict):
     model: dict[str, Any] = Field(description="detector config; 'name' is the registry name")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     prepare: PrepareConfig = Field(

@@ -1,6 +1,7 @@
 """Lightning DataModule tying discovery, splitting, verification and loading together.
 
 It works from plain PyTorch too: call :meth:`FaceDataModule.setup` and use the loaders.
+Videos in dataset folders become face crops (see :mod:`deepfake_detect.data.dataset_videos`).
 """
 
 from __future__ import annotations
@@ -9,28 +10,40 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from deepfake_detect.config.schema import DataConfig
+from deepfake_detect.config.schema import DataConfig, PrepareConfig
+from deepfake_detect.data.dataset_videos import VideoCrops, gather_samples
 from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
 from deepfake_detect.data.images import verify_images
 from deepfake_detect.data.samplers import EpochBalancedSampler, EpochRandomSampler
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.data.sources import discover, scan
+from deepfake_detect.data.sources import log_discovery
 from deepfake_detect.data.splits import assign_splits, check_splits, class_counts
 from deepfake_detect.data.transforms import build_transform
 from deepfake_detect.errors import DataError
 
+if TYPE_CHECKING:
+    from deepfake_detect.data.faces.base import FaceDetector
+
 log = logging.getLogger(__name__)
 
 
-def build_eval_samples(paths: Sequence[str | Path]) -> list[Sample]:
-    """Every sample in ``paths`` with the split it was given (None if none); the caller chooses."""
-    return discover(paths)
+def build_eval_samples(paths: Sequence[str | Path], **options: Any) -> list[Sample]:
+    """Every sample in ``paths`` with the split it was given (None if none); the caller chooses.
+
+    ``options`` are those of :func:`gather_samples` (videos in dataset folders become face
+    crops); the videos that gave none are logged as left out.
+    """
+    gathered = gather_samples(paths, **options)
+    log_discovery(gathered.found)
+    for path, reason in gathered.skipped:
+        log.warning("left out %s: %s", path, reason)
+    return gathered.samples
 
 
 def default_num_workers() -> int:
@@ -42,17 +55,38 @@ class FaceDataModule(L.LightningDataModule):
 
     ``preprocessing`` is the detector's ``{"input_size", "mean", "std"}``. Splits are made with
     ``data.split_seed``; ``seed`` seeds the training shuffle / balanced sampler.
+
+    Videos in dataset folders are cut into face crops with ``prepare`` (the experiment's face
+    pipeline) and kept in ``data.faces_cache`` or else ``<cache_root>/faces-cache`` (cache_root:
+    the experiment's output_dir). ``face_detector`` replaces the one ``prepare`` builds (tests).
     """
 
-    def __init__(self, data: DataConfig, preprocessing: Mapping[str, Any], seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: DataConfig,
+        preprocessing: Mapping[str, Any],
+        seed: int = 0,
+        *,
+        prepare: PrepareConfig | None = None,
+        cache_root: str | Path | None = None,
+        progress: bool = True,
+        face_detector: FaceDetector | None = None,
+    ) -> None:
         super().__init__()
         self.data = data
         self.preprocessing = dict(preprocessing)
         self.seed = seed
+        self.prepare = prepare
+        self.cache_root = Path(cache_root) if cache_root is not None else None
+        self.progress = progress
+        self.face_detector = face_detector
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
         self.ignored_files = 0  # non-image files in label folders
         self.no_crop_rows = 0  # prepare-manifest rows of frames without a face
+        self.video_crops = VideoCrops()  # videos in dataset folders cut into face crops
         self._samples: list[Sample] | None = None
+        # Set by training for the feature_extractor strategy (deepfake_detect.data.feature_cache).
+        self.feature_cache: FeatureCache | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -62,12 +96,17 @@ class FaceDataModule(L.LightningDataModule):
             raise DataError(
                 "data.path is empty: give a dataset folder or CSV, e.g. data.path=/data/ff++"
             )
-        found = scan(self.data.path)
-        self.ignored_files = len(found.ignored)
-        self.no_crop_rows = len(found.no_crop)
-        skipped = [(str(p), reason) for p, reason in found.missing]
+        gathered = gather_samples(
+            self.data.path, videos=self.data.videos, prepare=self.prepare,
+            faces_cache=self.data.faces_cache, cache_root=self.cache_root,
+            progress=self.progress, face_detector=self.face_detector,
+        )
+        self.ignored_files = len(gathered.found.ignored)
+        self.no_crop_rows = len(gathered.found.no_crop)
+        self.video_crops = gathered.videos
+        skipped = list(gathered.skipped)
         samples = assign_splits(
-            found.samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
+            gathered.samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
         )
         # verify after splitting, so that fixing or breaking a file never reshuffles the splits
         bad = verify_images([s.path for s in samples], self.data.verify)
@@ -111,7 +150,10 @@ class FaceDataModule(L.LightningDataModule):
             "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
             for r in rows
         ]
-        lines.append(f"skipped unreadable or missing images: {len(self.skipped)}")
+        images_skipped = len(self.skipped) - self.video_crops.failed
+        lines.append(f"skipped unreadable or missing images: {images_skipped}")
+        if self.video_crops.videos:
+            lines.append(self.video_crops.line())
         if self.ignored_files:
             lines.append(f"ignored non-image files: {self.ignored_files}")
         if self.no_crop_rows:
@@ -132,12 +174,16 @@ class FaceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train = self.samples("train")
-        dataset = FaceImageDataset(train, build_transform(self.preprocessing, self.data.augment))
         batch = self.data.batch_size
         if self.data.balance == "sampler":
             sampler = EpochBalancedSampler([s.label for s in train], seed=self.seed)
         else:
             sampler = EpochRandomSampler(train, seed=self.seed)
+        if self.feature_cache is not None and self.feature_cache.complete("train"):
+            return self.feature_cache.loader(
+                "train", [s.label for s in train], batch, sampler, drop_last=len(train) > batch
+            )
+        dataset = FaceImageDataset(train, build_transform(self.preprocessing, self.data.augment))
         return DataLoader(
             dataset, batch, sampler=sampler, drop_last=len(train) > batch, **self._loader_options()
         )
@@ -152,7 +198,11 @@ class FaceDataModule(L.LightningDataModule):
         return DataLoader(dataset, size, shuffle=False, drop_last=False, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader(self.samples("val"))
+        val = self.samples("val")
+        if self.feature_cache is not None and self.feature_cache.complete("val"):
+            size = self.data.eval_batch_size or self.data.batch_size
+            return self.feature_cache.loader("val", [s.label for s in val], size)
+        return self.eval_dataloader(val)
 
     def test_dataloader(self) -> DataLoader | list:
         """The test loader, or an empty list when there is no test split."""

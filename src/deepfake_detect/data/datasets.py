@@ -37,14 +37,20 @@ class FaceImageDataset(Dataset):
 def collate_skipping(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the readable items; ``skipped`` lists ``(path, reason)`` of the others.
 
+    Images stack along a new first axis: ``(B, 3, S, S)`` for images, ``(B, T, 3, S, S)`` for
+    clips (:class:`~deepfake_detect.data.clips.ClipDataset`), whose items also carry ``video``
+    (the index of their video), collated to a long tensor like ``index``.
     When no item is readable, ``image`` is None and ``label``/``index`` are empty: a training
     or evaluation step must skip such a batch.
     """
     good = [b for b in batch if "error" not in b]
     skipped = [(b["path"], b["error"]) for b in batch if "error" in b]
-    return {
+    out = {
         "image": torch.stack([b["image"] for b in good]) if good else None,
         "label": torch.tensor([b["label"] for b in good], dtype=torch.long),
         "index": torch.tensor([b["index"] for b in good], dtype=torch.long),
         "skipped": skipped,
     }
+    if any("video" in b for b in batch):
+        out["video"] = torch.tensor([b["video"] for b in good], dtype=torch.long)
+    return out

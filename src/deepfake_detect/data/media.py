@@ -67,7 +67,7 @@ def find_media(inputs: Sequence[str | Path], label: int | None = None) -> MediaS
             scan.items.append(MediaItem(path, kind, path.stem, label, None))
         else:
             scan.problems.append((str(path), "no such file or folder"))
-    _check_unique(scan.items)
+    check_unique_videos(scan.items)
     return scan
 
 
@@ -167,7 +167,8 @@ def _read_csv(path: Path, default_label: int | None, scan: MediaScan) -> None:
         scan.items.append(MediaItem(file, kind, video, label, split))
 
 
-def _check_unique(items: list[MediaItem]) -> None:
+def check_unique_videos(items: Sequence[MediaItem]) -> None:
+    """Raise DataError if two files would share a video id (and so a crop folder)."""
     seen: dict[tuple, Path] = {}
     for item in items:
         key = (item.split, item.label, item.video)

@@ -153,8 +153,15 @@ class UnitProcessor:
     def __init__(self, config: PrepareConfig, out: Path, detector: FaceDetector | None = None):
         self.config = config
         self.out = out
-        self.detector = detector or build_face_finder(config.detect, config.crop)
+        self._detector = detector
         self.fingerprint = _fingerprint(config)
+
+    @property
+    def detector(self) -> FaceDetector:
+        # built on first use: a rerun whose units are all reused never loads a face model
+        if self._detector is None:
+            self._detector = build_face_finder(self.config.detect, self.config.crop)
+        return self._detector
 
     def run(self, unit: Unit) -> UnitResult:
         part = self.out / PARTS / f"{unit.key}.json"
@@ -399,6 +406,32 @@ def prepare(
     detector: FaceDetector | None = None,
 ) -> PrepareReport:
     """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``."""
+    started = time.perf_counter()
+    scan = find_media(inputs, label=label)
+    if not scan.items:
+        where = "; ".join(f"{p}: {r}" for p, r in scan.problems[:5]) or "no inputs given"
+        raise DataError(f"prepare found no videos or images to process ({where})")
+    return prepare_items(
+        scan.items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
+        progress=progress, detector=detector, started=started,
+    )
+
+
+def prepare_items(
+    items: Sequence[MediaItem],
+    out: str | Path,
+    config: PrepareConfig | None = None,
+    *,
+    inputs: Sequence[str | Path] = (),
+    problems: Sequence[tuple[str, str]] = (),
+    workers: int = 0,
+    progress: bool = True,
+    detector: FaceDetector | None = None,
+    description: str = "preparing",
+    started: float | None = None,
+) -> PrepareReport:
+    """:func:`prepare` for media already found (``items`` with their labels, splits and video
+    ids); ``inputs`` and ``problems`` are only recorded in ``prepare.json`` and the report."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -411,21 +444,17 @@ def prepare(
 
     config = config or PrepareConfig()
     out = Path(out)
-    started = time.perf_counter()
-    scan = find_media(inputs, label=label)
-    if not scan.items:
-        where = "; ".join(f"{p}: {r}" for p, r in scan.problems[:5]) or "no inputs given"
-        raise DataError(f"prepare found no videos or images to process ({where})")
+    started = time.perf_counter() if started is None else started
     out.mkdir(parents=True, exist_ok=True)
-    units = make_units(scan.items)
-    report = PrepareReport(out=out, manifest=out / MANIFEST, problems=list(scan.problems))
+    units = make_units(items)
+    report = PrepareReport(out=out, manifest=out / MANIFEST, problems=list(problems))
     results: dict[str, UnitResult] = {}
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[faces]} faces"), TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("preparing", total=len(units), faces=0)
+        task = bar.add_task(description, total=len(units), faces=0)
         by_key = {u.key: u for u in units}
         for result in _run_all(units, config, out, workers, detector):
             results[result.key] = result
@@ -466,7 +495,8 @@ def _tally(report: PrepareReport, result: UnitResult, unit: Unit) -> None:
 
 
 def _write_manifest(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
+    # per process: ranks of a distributed run may rewrite one cached manifest at the same time
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()

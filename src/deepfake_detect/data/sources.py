@@ -8,10 +8,11 @@ labels or splits never share an id.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -36,8 +37,27 @@ _FRAME_STEM = re.compile(r"^(?P<video>.+)(?:_frame_?|-|_f)\d+$", re.IGNORECASE)
 _NUMBER_STEM = re.compile(r"^(?:frame|img|image|f)?[_-]?\d+$", re.IGNORECASE)
 
 _CSV_COLUMNS = ("path", "label", "video", "split", "frame", "status", "reason")
+# names of a column of per-video frame folders (the seed's training_pairs.csv), read as "path"
+_FOLDER_COLUMNS = (
+    "video_path", "video_folder", "video_dir", "folder", "frames_dir", "frame_dir",
+    "dir", "directory",
+    "video",  # last: "video,label" with folders in the video column; else video is an id column
+)
 # crops written by ``prepare`` are named "<frame>" or "<frame>_<face>" inside the video's folder
 _CROP_STEM = re.compile(r"^(?P<frame>\d+)(?:_\d+)?$")
+
+
+@dataclass(frozen=True)
+class FoundVideo:
+    """A video file in a label folder of a dataset folder, found by ``scan(..., videos=True)``."""
+
+    path: Path
+    label: int
+    split: str | None
+    video: str  # id by the folder rules: its path below the dataset root, without extension
+    dataset: str
+    root: Path  # the dataset folder as given
+    label_dir: Path  # the label folder it lies in
 
 
 @dataclass
@@ -53,6 +73,8 @@ class Discovery:
     layouts: dict[str, str] = field(default_factory=dict)
     # rows of a prepare manifest that hold no crop (e.g. a frame without a face): (where, reason)
     no_crop: list[tuple[str, str]] = field(default_factory=list)
+    # video files in label folders (only with ``scan(..., videos=True)``; else they are ignored)
+    videos: list[FoundVideo] = field(default_factory=list)
 
 
 def describe_layout() -> str:
@@ -64,6 +86,8 @@ def describe_layout() -> str:
         "  2. label folders: <root>/real/..., <root>/fake/...  (train/val split made for you)\n"
         "  3. CSV manifest with header path,label[,video,split]; paths relative to the CSV's"
         " folder\n"
+        "     A path may be a folder holding one video's frames (a training_pairs.csv with header"
+        " video_path,label or folder,label works too)\n"
         "Inside a label folder images may sit in per-video subfolders (fake/<video>/0001.jpg)\n"
         "or be named <video>_frame_<n>, <video>-<n> or <video>_f<n>; any other image is its own"
         " video.\n"
@@ -76,6 +100,13 @@ def is_image_file(path: str | PurePath) -> bool:
     return PurePath(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _is_video_file(name: str) -> bool:
+    # imported here: data.video pulls in PyAV and the config schema, which plain scans never need
+    from deepfake_detect.data.video import VIDEO_EXTENSIONS
+
+    return PurePath(name).suffix.lower() in VIDEO_EXTENSIONS
+
+
 def video_from_stem(stem: str) -> str | None:
     """The video name in a frame file name such as ``v1_frame_12``, or None."""
     m = _FRAME_STEM.match(stem)
@@ -85,6 +116,12 @@ def video_from_stem(stem: str) -> str | None:
 def discover(paths: Sequence[str | Path]) -> list[Sample]:
     """All labelled images in ``paths`` (folders or CSV manifests), sorted within each dataset."""
     found = scan(paths)
+    log_discovery(found)
+    return found.samples
+
+
+def log_discovery(found: Discovery) -> None:
+    """Warn about the files a scan left out."""
     if found.ignored:
         log.warning(
             "ignored %d non-image or hidden files in label folders, e.g. %s",
@@ -100,11 +137,15 @@ def discover(paths: Sequence[str | Path]) -> list[Sample]:
             "%d manifest rows hold no face crop (e.g. %s: %s)",
             len(found.no_crop), found.no_crop[0][0], found.no_crop[0][1],
         )
-    return found.samples
 
 
-def scan(paths: Sequence[str | Path]) -> Discovery:
-    """Like :func:`discover`, also returning the ignored and missing files."""
+def scan(paths: Sequence[str | Path], videos: bool = False) -> Discovery:
+    """Like :func:`discover`, also returning the ignored and missing files.
+
+    With ``videos`` the video files in label folders of dataset folders are returned in
+    ``Discovery.videos`` (for the caller to cut into face crops) instead of being ignored, and a
+    dataset folder that holds videos but no images is accepted.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out = Discovery()
@@ -127,7 +168,7 @@ def scan(paths: Sequence[str | Path]) -> Discovery:
         shown = Path(os.path.abspath(path))
         name = _unique_name(shown.stem if path.is_file() else shown.name, names)
         if path.is_dir():
-            out.layouts[name] = _scan_folder(path, name, out)
+            out.layouts[name] = _scan_folder(path, name, out, videos)
         elif path.suffix.lower() == ".csv":
             _scan_csv(path, name, out)
             out.layouts[name] = "csv"
@@ -151,7 +192,7 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _scan_folder(root: Path, dataset: str, out: Discovery) -> str:
+def _scan_folder(root: Path, dataset: str, out: Discovery, videos: bool = False) -> str:
     entries = sorted(p for p in root.iterdir() if _visible(p))
     dirs = [p for p in entries if p.is_dir()]
     split_dirs = [(d, s) for d in dirs if (s := parse_split(d.name)) is not None]
@@ -168,7 +209,7 @@ def _scan_folder(root: Path, dataset: str, out: Discovery) -> str:
             f"dataset folder {root} has no label or split folders; found: {_listing(entries)}.\n"
             + describe_layout()
         )
-    before = len(out.samples)
+    before, videos_before = len(out.samples), len(out.videos)
     if split_dirs:
         for split_dir, split in split_dirs:
             inner = sorted(p for p in split_dir.iterdir() if _visible(p))
@@ -181,13 +222,13 @@ def _scan_folder(root: Path, dataset: str, out: Discovery) -> str:
                     f"{_listing(inner)}.\n" + describe_layout()
                 )
             for label_dir, label in labels:
-                _scan_label_folder(root, label_dir, label, split, dataset, out)
+                _scan_label_folder(root, label_dir, label, split, dataset, out, videos)
         layout = "split folders"
     else:
         for label_dir, label in label_dirs:
-            _scan_label_folder(root, label_dir, label, None, dataset, out)
+            _scan_label_folder(root, label_dir, label, None, dataset, out, videos)
         layout = "label folders"
-    if len(out.samples) == before:
+    if len(out.samples) == before and len(out.videos) == videos_before:
         others = [p for p in out.ignored if _is_below(p, root)]
         hint = (
             f"; found {len(others)} other files, e.g. {others[0].name}"
@@ -217,7 +258,13 @@ def _listing(entries: list[Path], limit: int = 12) -> str:
 
 
 def _scan_label_folder(
-    root: Path, label_dir: Path, label: int, split: str | None, dataset: str, out: Discovery
+    root: Path,
+    label_dir: Path,
+    label: int,
+    split: str | None,
+    dataset: str,
+    out: Discovery,
+    videos: bool = False,
 ) -> None:
     prefix = label_dir.relative_to(root).as_posix()
     visited: set[str] = set()
@@ -233,6 +280,11 @@ def _scan_label_folder(
         sub = here.relative_to(label_dir).as_posix()
         for fname in sorted(filenames):
             file = here / fname
+            if videos and not fname.startswith(".") and _is_video_file(fname):
+                # a video file is always a video of its own, whatever its name looks like
+                video = file.relative_to(root).with_suffix("").as_posix()
+                out.videos.append(FoundVideo(file, label, split, video, dataset, root, label_dir))
+                continue
             if fname.startswith(".") or not is_image_file(fname):
                 out.ignored.append(file)
                 continue
@@ -258,6 +310,13 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
             if header is None:
                 raise DataError(f"CSV manifest {csv_path} is empty: it needs a header path,label")
             cols = [h.strip().lower() for h in header]
+            pending: list[list[str]] = []
+            folders = _folder_column(cols)
+            if folders is not None:
+                cols[folders] = "path"
+            elif _is_headerless_pair(header, base):
+                # "<folder>,<label>" from the first line: a training_pairs.csv without header
+                cols, pending, folders = ["path", "label"], [header], 0
             missing_cols = [c for c in ("path", "label") if c not in cols]
             if missing_cols:
                 raise DataError(
@@ -267,7 +326,7 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
                 )
             idx = {c: cols.index(c) for c in _CSV_COLUMNS if c in cols}
             status = idx.get("status")
-            for row in reader:
+            for row in itertools.chain(pending, reader):
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue
@@ -275,6 +334,16 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
                     # a prepare manifest records frames without a face too; they hold no image
                     reason = row[idx["reason"]] if "reason" in idx and idx["reason"] < len(row) else ""
                     out.no_crop.append((f"{csv_path} line {line}", reason or row[status].strip()))
+                    continue
+                folder = _row_folder(row, idx, base, csv_path, line, folders is not None)
+                if folder is not None:
+                    if folder in first_line:
+                        raise DataError(
+                            f"{csv_path} line {line}: folder {folder} is already listed on line "
+                            f"{first_line[folder]}: list each video once"
+                        )
+                    first_line[folder] = line
+                    samples += _folder_rows(folder, row, idx, base, csv_path, line, dataset)
                     continue
                 sample = _csv_row(row, idx, base, csv_path, line, dataset)
                 if sample.path in first_line:
@@ -316,15 +385,27 @@ def _csv_row(
         return row[i].strip() if i is not None and i < len(row) else ""
 
     where = f"{csv_path} line {line}"
-    raw_path, raw_label = cell("path"), cell("label")
+    raw_path = cell("path")
     if not raw_path:
         raise DataError(f"{where}: the path cell is empty")
     if not is_image_file(raw_path):
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(
-            f"{where}: {raw_path} is not an image file (extensions {exts}); videos must be "
-            "turned into face-crop images first"
+            f"{where}: {raw_path} is not an image file (extensions {exts}) nor a folder of "
+            "frames; videos must be turned into face-crop images first"
         )
+    label, split = _label_and_split(cell, where)
+    rel = PurePath(raw_path)
+    path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
+    key = cell("video") or _video_key(path, base)
+    video = "/".join(p for p in (split, label_name(label), key) if p)
+    raw_frame = cell("frame")
+    frame = f"{video}/{int(raw_frame) if raw_frame.isdigit() else raw_frame}" if raw_frame else None
+    return Sample(path, label, video, split, dataset, frame)
+
+
+def _label_and_split(cell: Callable[[str], str], where: str) -> tuple[int, str | None]:
+    raw_label = cell("label")
     label = parse_label(raw_label)
     if label is None:
         raise DataError(
@@ -338,13 +419,95 @@ def _csv_row(
                 f"{where}: split {raw_split!r} is not train, val or test (or a synonym); "
                 "leave it empty to have it assigned"
             )
-    rel = PurePath(raw_path)
-    path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
-    key = cell("video") or _video_key(path, base)
-    video = "/".join(p for p in (split, label_name(label), key) if p)
-    raw_frame = cell("frame")
-    frame = f"{video}/{int(raw_frame) if raw_frame.isdigit() else raw_frame}" if raw_frame else None
-    return Sample(path, label, video, split, dataset, frame)
+    return label, split
+
+
+def _folder_column(cols: list[str]) -> int | None:
+    """Index of the column of video folders in a CSV without a path column, or None."""
+    if "path" in cols:
+        return None
+    for name in _FOLDER_COLUMNS:
+        if name in cols:
+            return cols.index(name)
+    return None
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    rel = PurePath(raw)
+    return Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
+
+
+def _is_headerless_pair(header: list[str], base: Path) -> bool:
+    """Whether the first line is already a ``<folder>,<label>`` row (no header line)."""
+    return (
+        len(header) == 2
+        and parse_label(header[1]) is not None
+        and bool(header[0].strip())
+        and _resolve(header[0].strip(), base).is_dir()
+    )
+
+
+def _row_folder(
+    row: list[str], idx: dict[str, int], base: Path, csv_path: Path, line: int, pairs: bool
+) -> Path | None:
+    """The folder a row's path names when it holds a video's frames, else None (an image row).
+
+    In a CSV of video folders (``pairs``) every row must name an existing folder; in a
+    ``path,label`` manifest a row is a folder row when its path is an existing folder.
+    """
+    i = idx["path"]
+    raw = row[i].strip() if i < len(row) else ""
+    if not raw or is_image_file(raw):
+        return None
+    folder = _resolve(raw, base)
+    if folder.is_dir():
+        return folder
+    if pairs or not PurePath(raw).suffix:
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(
+            f"{csv_path} line {line}: video folder {folder} {what}: each row must name a folder "
+            f"of that video's frames (relative paths are taken from the CSV's folder {base})"
+        )
+    return None
+
+
+def _folder_rows(
+    folder: Path,
+    row: list[str],
+    idx: dict[str, int],
+    base: Path,
+    csv_path: Path,
+    line: int,
+    dataset: str,
+) -> list[Sample]:
+    """The images directly in ``folder`` as frames of one video (a CSV row naming a folder)."""
+
+    def cell(name: str) -> str:
+        i = idx.get(name)
+        return row[i].strip() if i is not None and i < len(row) else ""
+
+    where = f"{csv_path} line {line}"
+    label, split = _label_and_split(cell, where)
+    images = sorted(
+        p for p in folder.iterdir() if _visible(p) and is_image_file(p.name) and p.is_file()
+    )
+    if not images:
+        exts = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(
+            f"{where}: video folder {folder} holds no images (extensions {exts}): put the video's "
+            "frames or face crops in it (deepfake-detect prepare cuts them from a video)"
+        )
+    try:
+        key = folder.relative_to(base).as_posix()
+    except ValueError:
+        key = PurePath(*folder.parts[1:]).as_posix()  # elsewhere: drop the anchor
+    video = "/".join(p for p in (split, label_name(label), cell("video") or key) if p)
+    samples = []
+    for path in images:
+        m = _CROP_STEM.match(path.stem)
+        frame = f"{video}/{int(m.group('frame'))}" if m else None
+        samples.append(Sample(path, label, video, split, dataset, frame))
+    return samples
 
 
 def _video_key(path: Path, base: Path) -> str:

@@ -1,12 +1,18 @@
-"""Image transforms from PIL images to normalised float tensors, for training and evaluation."""
+"""Image transforms from PIL images to normalised float tensors, for training and evaluation.
+
+:func:`build_clip_transform` applies the same pipeline to the frames of a clip at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from deepfake_detect.config.schema import AugmentConfig
 from deepfake_detect.data.augment import RandomBrightnessContrast, RandomKernelGaussianBlur
@@ -41,6 +47,15 @@ def build_transform(
         steps.append(v2.RandomErasing(augment.random_erasing))
     steps.append(v2.ToPureTensor())  # plain tensors collate and pickle without tv_tensors
     return v2.Compose(steps)
+
+
+def augment_is_random(augment: AugmentConfig | None) -> bool:
+    """Whether :func:`build_transform` with ``augment`` can give a different view each epoch."""
+    if augment is None:
+        return False
+    return bool(
+        augment.scale is not None or _pixel_augmentations(augment) or augment.random_erasing > 0
+    )
 
 
 def _pixel_augmentations(augment: AugmentConfig) -> list[Any]:
@@ -88,3 +103,40 @@ def _preprocessing(pre: Mapping[str, Any]) -> tuple[int, list[float], list[float
             "is invalid: need a positive size and three means and three positive stds"
         )
     return size, mean, std
+
+
+class ClipTransform:
+    """PIL frames of one clip -> float32 ``(T, 3, S, S)``, with ONE random draw per clip.
+
+    The frames are stacked into a ``tv_tensors.Video`` before the :func:`build_transform`
+    pipeline runs, and torchvision v2 transforms draw their parameters once per call, so a
+    flip, rotation, crop, blur, colour change, JPEG quality or erased patch is the same in every
+    frame: augmentation never invents flicker that a temporal model could learn as a cue.
+    Frames of another size than the first are resized to it first (prepare's crops all share
+    one size, so this only happens with hand-made folders). Picklable for DataLoader workers.
+    """
+
+    def __init__(self, transform: v2.Compose) -> None:
+        self.transform = transform
+
+    def __call__(self, frames: Sequence[Image.Image]) -> torch.Tensor:
+        if not frames:
+            raise ValueError("a clip needs at least one frame")
+        tensors = [F.pil_to_tensor(f) for f in frames]  # uint8 (C, H, W)
+        size = list(tensors[0].shape[-2:])
+        tensors = [
+            t if list(t.shape[-2:]) == size else F.resize(t, size, antialias=True) for t in tensors
+        ]
+        # v2.ToImage at the head of the pipeline leaves a Video as it is
+        return self.transform(tv_tensors.Video(torch.stack(tensors)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform})"
+
+
+def build_clip_transform(
+    preprocessing: Mapping[str, Any], augment: AugmentConfig | None = None
+) -> ClipTransform:
+    """Like :func:`build_transform` for a clip: a list of PIL frames -> float32
+    ``(T, 3, S, S)``, augmented (when ``augment`` is given) identically in every frame."""
+    return ClipTransform(build_transform(preprocessing, augment))

@@ -51,8 +51,12 @@ def evaluate_samples(
     plots: bool = True,
     progress: bool = True,
     name: str = "",
+    left_out: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Score ``samples``, write ``metrics.json``, ``predictions.csv`` and plots into ``out_dir``."""
+    """Score ``samples``, write ``metrics.json``, ``predictions.csv`` and plots into ``out_dir``.
+
+    ``left_out`` are (path, reason) of inputs that never became samples (e.g. videos without a
+    face); they are counted with the files that could not be read."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = score_files(
         detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
@@ -70,7 +74,8 @@ def evaluate_samples(
         frames=[s.frame or str(s.path) for s in kept],
     )
     video = binary_metrics(vlabels, vscores, threshold=threshold)
-    skipped = [{"path": str(samples[i].path), "error": e} for i, e in sorted(result.errors.items())]
+    skipped = [{"path": p, "error": e} for p, e in left_out]
+    skipped += [{"path": str(samples[i].path), "error": e} for i, e in sorted(result.errors.items())]
     metrics = {
         "dataset": name,
         "threshold": threshold,
@@ -135,7 +140,9 @@ def evaluate_checkpoint(
     With ``config`` (a YAML with the model section) ``checkpoint`` may be any weights file that
     detector reads, e.g. an official release.
     """
-    from deepfake_detect.data.sources import discover
+    from deepfake_detect.data.dataset_videos import gather_samples
+    from deepfake_detect.data.sources import log_discovery
+    from deepfake_detect.inference.media import prepare_settings
     from deepfake_detect.models.checkpoint import load_detector
     from deepfake_detect.runinfo import write_run_info
 
@@ -152,16 +159,31 @@ def evaluate_checkpoint(
         split=split, threshold=chosen_threshold, video_aggregation=aggregation,
     )
     results: dict[str, dict[str, Any]] = {}
+    faces_cache, cache_root = _faces_cache(meta.get("experiment") or {}, out_dir)
     for path in data:
-        samples = discover([path])
+        # videos in dataset folders: face crops cut the way the model was trained, cached
+        gathered = gather_samples(
+            [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
+            cache_root=cache_root, progress=progress,
+        )
+        log_discovery(gathered.found)
+        samples = gathered.samples
         name = samples[0].dataset if samples else Path(path).stem
         if name in results:
             name = f"{name}_{len(results)}"
         chosen = select_split(samples, split, name)
+        # videos of the chosen split(s) that gave no face crop count as skipped inputs
+        splits = {s.split for s in chosen}
+        video_split = {str(v.path): v.split for v in gathered.found.videos}
+        left_out = [
+            (p, r) for p, r in gathered.skipped
+            if p in video_split and (split == "all" or video_split[p] in splits)
+        ]
         results[name] = evaluate_samples(
             detector, chosen, out_dir / name, threshold=chosen_threshold,
             video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
             device=device, plots=plots, progress=progress, name=name,
+            left_out=left_out,
         )
     summary = {
         name: {"frame": {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
@@ -171,3 +193,16 @@ def evaluate_checkpoint(
     }
     (out_dir / "summary.json").write_text(json.dumps(metrics_to_json(summary), indent=2), "utf-8")
     return results
+
+
+def _faces_cache(experiment: dict[str, Any], out_dir: Path) -> tuple[Path | None, Path]:
+    """``(faces_cache, cache_root)`` for videos in evaluated dataset folders: the training run's
+    cache when it is there (same folder and face settings: its crops are reused), else a
+    ``faces-cache`` folder in ``out_dir``."""
+    data = experiment.get("data") or {}
+    if data.get("faces_cache") and Path(data["faces_cache"]).is_dir():
+        return Path(data["faces_cache"]), out_dir
+    trained = experiment.get("output_dir")
+    if trained and (Path(trained) / "faces-cache").is_dir():
+        return None, Path(trained)
+    return None, out_dir

@@ -123,6 +123,30 @@ def write_predictions(
         json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2), "utf-8")
 
 
+def write_submission(
+    rows: Sequence[Prediction], out: Path | TextIO, fail_label: int = 1
+) -> list[Prediction]:
+    """Exactly ``filename,label``: the file's base name with extension, label 0 real / 1 fake,
+    one row per input file, sorted by name. Files that could not be scored get ``fail_label``
+    (a submission needs every row); they are returned so that the caller can report them.
+    """
+    ordered = sorted(rows, key=lambda r: (Path(r.filename).name, r.filename))
+
+    def write(fh: TextIO) -> None:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["filename", "label"])
+        for r in ordered:
+            writer.writerow([Path(r.filename).name, fail_label if r.label is None else r.label])
+
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+    else:
+        write(out)
+    return [r for r in ordered if r.label is None]
+
+
 def write_per_face(rows: Sequence[dict], path: Path) -> None:
     """One row per scored face: ``filename,frame,face,time,box,score``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,10 @@ def checkpoint_meta(
         "experiment": dict(experiment) if experiment is not None else {},
         "class_names": list(CLASS_NAMES),
     }
+    from deepfake_detect.models.strategies import lora_meta
+
+    if (lora := lora_meta(detector)) is not None:
+        meta["lora"] = lora  # the state dict holds adapter keys; loading adds the adapters first
     meta.update(extra)
     return meta
 
@@ -140,9 +144,16 @@ def load_checkpoint(
     meta, state_dict = read_checkpoint(path)
     # Weights come from the checkpoint: the backbone initialisation must not read or download.
     model_cfg = {**meta["model"], "pretrained": None, "weights": None, "allow_download": False}
+    before_load = None
+    if meta.get("lora"):
+        from deepfake_detect.config.schema import LoraSettings
+        from deepfake_detect.models.strategies import apply_lora
+
+        lora = LoraSettings.model_validate(meta["lora"])
+        before_load = lambda detector: apply_lora(detector, lora)  # noqa: E731
     try:
         cfg = validate_model_config(model_cfg, source=str(path))
-        detector = build_detector(cfg, weights=state_dict, source=path)
+        detector = build_detector(cfg, weights=state_dict, source=path, before_load=before_load)
     except CheckpointError:
         raise
     except DeepfakeDetectError as exc:
@@ -151,10 +162,14 @@ def load_checkpoint(
             f"(saved by deepfake-detect {meta.get('version', '?')}): {exc}"
         ) from None
     if inference:
+        from deepfake_detect.models.strategies import merge_lora
+
+        merge_lora(detector)
         detector = detector.for_inference()
         # The meta describes the detector as it is now (e.g. merged), so that an export of it
         # rebuilds the same structure.
-        meta = {**meta, "model": detector.config.model_dump(mode="json")}
+        meta = {k: v for k, v in meta.items() if k != "lora"}
+        meta["model"] = detector.config.model_dump(mode="json")
     return _ready(detector, meta, map_location)
 
 
@@ -172,9 +187,15 @@ def load_detector(
 ) -> Detector:
     """A detector ready for prediction from this tool's checkpoint, or, with ``config`` (an
     experiment or model YAML, or a model mapping), from any weights file that detector reads
-    (e.g. an official release). Without ``config`` the file must be this tool's checkpoint.
+    (e.g. an official release). Without ``config`` the file must be this tool's checkpoint, or
+    a folder of LoRA adapters it saved (the base weights it records are read).
     """
     if config is None:
+        from deepfake_detect.models.strategies import is_adapter_folder, load_adapter
+
+        if is_adapter_folder(path):
+            detector = load_adapter(path)
+            return _ready(detector, detector.checkpoint_meta, map_location)
         return load_checkpoint(path, map_location)
     from deepfake_detect.models.registry import build_detector
 

@@ -70,10 +70,15 @@ class ModelConfig(Strict):
 class Detector(nn.Module):
     """A binary real/fake classifier over normalised ``(B, 3, H, W)`` float batches.
 
-    Subclasses build ``self.backbone`` and ``self.head`` and implement :meth:`forward`. The
-    preprocessing a detector expects travels with it (``input_size``, ``mean``, ``std``), so that
-    checkpoints can be used for prediction without the training config at hand.
+    Subclasses build ``self.backbone`` and ``self.head`` and implement :meth:`extract_features`
+    (the pretrained part) and, when the head is more than ``self.head``, :meth:`classify`; the
+    split lets the feature-extractor strategy cache features. The preprocessing a detector
+    expects travels with it (``input_size``, ``mean``, ``std``), so that checkpoints can be used
+    for prediction without the training config at hand.
     """
+
+    # Children kept in eval mode while training (set by the feature_extractor strategy).
+    frozen_children: tuple[str, ...] = ()
 
     def __init__(self, config: ModelConfig, input_size: int, mean, std) -> None:
         super().__init__()
@@ -84,8 +89,37 @@ class Detector(nn.Module):
         self.mean = tuple(float(m) for m in (config.mean or mean))
         self.std = tuple(float(s) for s in (config.std or std))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.extract_features(x))
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The output of the pretrained part, input of :meth:`classify`."""
+        raise NotImplementedError(f"detector {self.config.name!r} does not split off features")
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`extract_features` output: the part that trains as the head."""
+        return self.head(features)
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        if mode:
+            for name in self.frozen_children:
+                getattr(self, name).eval()
+        return self
+
+    def layer_ids(self) -> dict[str, int]:
+        """Depth of each backbone parameter (0 = input side) for layer-wise lr decay.
+
+        Default: timm's ``group_matcher`` of the backbone (ViT: patch/position embeddings 0,
+        block i -> i + 1, final norms last). Parameters not listed count as the top layer.
+        """
+        backbone = getattr(self, "backbone", None)
+        if backbone is None or not hasattr(backbone, "group_matcher"):
+            return {}
+        from timm.models import group_parameters
+
+        layers = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+        return {f"backbone.{name}": int(layer) for name, layer in layers.items()}
 
     def fake_logit(self, logits: torch.Tensor) -> torch.Tensor:
         """A single score per sample whose sigmoid is P(fake)."""

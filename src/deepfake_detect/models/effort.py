@@ -9,6 +9,8 @@ the released checkpoints load strictly and without any SVD.
 
 from __future__ import annotations
 
+import re
+
 from typing import Literal
 
 import torch
@@ -133,8 +135,18 @@ class EffortDetector(Detector):
         if config.grad_checkpointing:
             enable_activation_checkpointing(self.backbone)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(pixel_values=x).pooler_output)
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixel_values=x).pooler_output
+
+    def layer_ids(self) -> dict[str, int]:
+        # CLIP: embeddings and pre-norm 0, encoder layer i -> i + 1, post-norm on top.
+        depth = self.config.clip.num_hidden_layers
+        ids = {}
+        for name, _ in self.backbone.named_parameters():
+            m = re.match(r"encoder\.layers\.(\d+)\.", name)
+            ids[f"backbone.{name}"] = int(m.group(1)) + 1 if m else (
+                0 if name.startswith(("embeddings.", "pre_layrnorm.")) else depth + 1)
+        return ids
 
     # -- training ---------------------------------------------------------------------------------
 

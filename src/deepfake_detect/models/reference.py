@@ -12,7 +12,7 @@ def config_reference() -> str:
     from deepfake_detect.models.timm_detector import TimmDetectorConfig
 
     parts = [
-        "#### Experiment (`name`, `seed`, `data`, `train`, `eval`, `log`, `prepare`)",
+        "#### Experiment (`name`, `seed`, `data`, `train`, `strategy`, `eval`, `log`, `prepare`)",
         markdown_table(ExperimentConfig, skip=("model",)),
         "#### `model` for the timm detectors (`xception`, `mobilenetv2`, `efficientnet_b0`..`b7`, "
         "`swin_base`, `vit_base`, `timm`)",

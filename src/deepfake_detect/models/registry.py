@@ -97,13 +97,15 @@ def build_detector(
     config: Mapping[str, Any] | ModelConfig | str | Path,
     weights: str | Path | Mapping[str, Any] | None = None,
     source: str | Path | None = None,
+    before_load: Callable[[Detector], None] | None = None,
 ) -> Detector:
     """Build a detector from a config (a mapping, a validated config, or a YAML path).
 
     A YAML path may hold a full experiment config (with a ``model`` section) or only the model
     section. ``weights`` (default: the config's ``model.weights``) names a file of detector
     weights, or is an already-read state dict (then ``source`` names it in errors): this tool's
-    checkpoints or an official release the detector understands. It is loaded strictly.
+    checkpoints or an official release the detector understands. It is loaded strictly, after
+    ``before_load`` (e.g. adding the LoRA adapters whose keys the weights hold) has run.
     """
     yaml_source = ""
     if isinstance(config, (str, Path)):
@@ -121,6 +123,8 @@ def build_detector(
         detector = get_entry(cfg.name).factory(cfg)
     finally:
         _WEIGHTS_FOLLOW.reset(token)
+    if before_load is not None:
+        before_load(detector)
     if weights is not None:
         from deepfake_detect.models.weights import load_detector_weights
 

@@ -214,10 +214,14 @@ class TimmDetector(Detector):
             names |= {f"attention.{n}" for n, _ in self.attention.named_parameters()}
         return names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(x)
+        if self.attention is None:
+            return self.backbone.forward_head(feats, pre_logits=True)
+        return feats  # the attention block trains with the head, so it sees the feature map
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
         if self.attention is not None:
-            feats = self.attention(feats)
-        pooled = self.backbone.forward_head(feats, pre_logits=True)
-        return self.head(pooled)
+            features = self.backbone.forward_head(self.attention(features), pre_logits=True)
+        return self.head(features)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from deepfake_detect.config.schema import ExperimentConfig
+from deepfake_detect.data.feature_cache import FeatureCache
 from deepfake_detect.evaluation.metrics import binary_metrics
 from deepfake_detect.evaluation.thresholds import choose_threshold
 from deepfake_detect.models.checkpoint import checkpoint_meta
@@ -22,7 +23,8 @@ from deepfake_detect.training.losses import build_loss
 from deepfake_detect.training.optim import build_optimizer, build_scheduler
 
 LOWER_IS_BETTER = {"val_loss", "val_eer"}
-LOGGED_VAL_METRICS = ("auc", "ap", "eer", "acc", "f1", "macro_f1", "balanced_acc")
+# f1: F1 of the fake class; f1_real: of the real class; macro_f1: their mean.
+LOGGED_VAL_METRICS = ("auc", "ap", "eer", "acc", "f1", "f1_real", "macro_f1", "balanced_acc")
 
 
 def monitor_mode(metric: str) -> str:
@@ -35,9 +37,11 @@ class DetectorModule(L.LightningModule):
         detector: Detector,
         config: ExperimentConfig,
         class_weights: torch.Tensor | None = None,
+        feature_cache: FeatureCache | None = None,
     ) -> None:
         super().__init__()
         self.model = detector
+        self.feature_cache = feature_cache
         self.config = config
         self.criterion = build_loss(
             config.train.loss, detector.num_classes, detector.fake_index, class_weights
@@ -53,7 +57,7 @@ class DetectorModule(L.LightningModule):
     # -- steps -------------------------------------------------------------------------------
     def _images(self, batch: dict) -> torch.Tensor:
         x = batch["image"]
-        if self.config.train.channels_last and x.device.type == "cuda":
+        if self.config.train.channels_last and x.device.type == "cuda" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -61,15 +65,31 @@ class DetectorModule(L.LightningModule):
         for path, reason in batch.get("skipped", ()):
             self.skipped[path] = reason
 
+    def _logits(self, batch: dict, split: str) -> torch.Tensor:
+        if "features" in batch:  # served from the feature cache: only the head runs
+            return self.model.classify(batch["features"])
+        x = self._images(batch)
+        cache = self.feature_cache
+        if cache is None or not cache.wants(split):
+            return self.model(x)
+        with torch.no_grad():
+            features = self.model.extract_features(x)
+        cache.put(split, batch["index"], features)
+        return self.model.classify(features)
+
+    @staticmethod
+    def _empty(batch: dict) -> bool:
+        return "features" not in batch and batch["image"] is None
+
     def on_fit_start(self) -> None:
         if self.config.train.channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
 
     def training_step(self, batch: dict, batch_idx: int):
         self._note_skipped(batch)
-        if batch["image"] is None:
+        if self._empty(batch):
             return None  # every file of this batch failed to load; they are counted
-        logits = self.model(self._images(batch))
+        logits = self._logits(batch, "train")
         loss = self.criterion(logits, batch["label"])
         n = len(batch["label"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
@@ -84,9 +104,9 @@ class DetectorModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._note_skipped(batch)
-        if batch["image"] is None:
+        if self._empty(batch):
             return
-        logits = self.model(self._images(batch)).float()
+        logits = self._logits(batch, "val").float()
         self._val_parts.append((batch["index"], logits.detach(), batch["label"]))
 
     def on_validation_epoch_end(self) -> None:
@@ -143,7 +163,9 @@ class DetectorModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         tcfg = self.config.train
-        optimizer = build_optimizer(self.model, tcfg.optimizer)
+        strategy = self.config.strategy
+        layer_decay = strategy.layer_decay if strategy.name == "fine_tuning" else None
+        optimizer = build_optimizer(self.model, tcfg.optimizer, layer_decay)
         total_steps = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, -(-total_steps // tcfg.epochs))
         scheduler = build_scheduler(

@@ -10,6 +10,11 @@ Parameter groups
     without curbing model capacity. Group names: ``backbone``, ``backbone_no_decay``, ``head``,
     ``head_no_decay``; empty groups are dropped.
 
+    With ``layer_decay`` (the ``fine_tuning`` strategy's ``strategy.layer_decay``) the backbone
+    groups are split per layer as well: a parameter at depth ``i`` of ``L``
+    (:meth:`Detector.layer_ids`) trains at ``backbone_lr * layer_decay ** (L - i)`` and the group
+    is named ``backbone.layer{i}`` (``_no_decay`` appended as above). The head keeps ``head_lr``.
+
     ``backbone_lr: 0`` with a trainable backbone is a config error rather than a silently excluded
     group: ``model.freeze.backbone: true`` is what freezes a backbone properly (no gradients are
     computed or stored, and its norm layers stay in eval mode).
@@ -45,7 +50,9 @@ def _no_decay_names(model: nn.Module) -> list[str]:
     return patterns
 
 
-def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, cfg: OptimizerConfig, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
     """Optimizer parameter groups for a detector; see the module docstring for the rules.
 
     Each group has ``name``, ``params``, ``lr`` and ``weight_decay``.
@@ -57,12 +64,18 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
     }
     split_decay = cfg.weight_decay > 0
     no_decay = _no_decay_names(model) if split_decay else []
+    layers = _layer_scales(model, layer_decay) if layer_decay is not None else {}
 
     buckets: dict[str, list[nn.Parameter]] = {}
+    scales: dict[str, float] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         part = "head" if name in head_names else "backbone"
+        if part == "backbone" and layers:
+            layer, scale = layers.get(name, layers[""])
+            part = f"backbone.layer{layer}"
+            scales[part] = scale
         exempt = split_decay and (
             param.ndim <= 1
             or name.endswith(".bias")
@@ -75,8 +88,8 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
             "every model parameter is frozen, so there is nothing to train: check model.freeze "
             "(backbone: true also needs a trainable head)"
         )
-    if lrs["backbone"] == 0 and ("backbone" in buckets or "backbone_no_decay" in buckets):
-        backbone = buckets.get("backbone", []) + buckets.get("backbone_no_decay", [])
+    backbone = [p for k, ps in buckets.items() if k.startswith("backbone") for p in ps]
+    if lrs["backbone"] == 0 and backbone:
         count = sum(p.numel() for p in backbone)
         raise ConfigError(
             f"train.optimizer.backbone_lr is 0 but {count} backbone parameters are trainable: "
@@ -84,20 +97,43 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
             "kept in eval mode), or give backbone_lr a value above 0"
         )
 
+    def order(name: str) -> tuple:
+        part = name.removesuffix("_no_decay")
+        layer = int(part.rsplit("layer", 1)[1]) if ".layer" in part else -1
+        return (part.startswith("head"), layer, name.endswith("_no_decay"))
+
     groups = []
-    for name in ("backbone", "backbone_no_decay", "head", "head_no_decay"):
-        if name in buckets:
-            part = name.removesuffix("_no_decay")
-            decay = 0.0 if name.endswith("_no_decay") else cfg.weight_decay
-            groups.append(
-                {"name": name, "params": buckets[name], "lr": lrs[part], "weight_decay": decay}
-            )
+    for name in sorted(buckets, key=order):
+        part = name.removesuffix("_no_decay")
+        base = "head" if part == "head" else "backbone"
+        decay = 0.0 if name.endswith("_no_decay") else cfg.weight_decay
+        groups.append({
+            "name": name, "params": buckets[name], "lr": lrs[base] * scales.get(part, 1.0),
+            "weight_decay": decay,
+        })
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def _layer_scales(model: nn.Module, decay: float) -> dict[str, tuple[int, float]]:
+    """Parameter name -> (layer, lr scale); key ``""`` holds the top layer for unlisted names."""
+    ids = model.layer_ids() if hasattr(model, "layer_ids") else {}
+    if not ids:
+        raise ConfigError(
+            "strategy.layer_decay needs the depth of each backbone layer, which this detector "
+            f"does not give ({getattr(getattr(model, 'config', None), 'name', type(model).__name__)!r}); "
+            "use a transformer backbone (ViT, Swin, CLIP) or drop layer_decay"
+        )
+    top = max(ids.values())
+    out = {name: (layer, decay ** (top - layer)) for name, layer in ids.items()}
+    out[""] = (top, 1.0)
+    return out
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, layer_decay: float | None = None
+) -> torch.optim.Optimizer:
     """The optimizer named by ``train.optimizer`` over :func:`param_groups` of ``model``."""
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, layer_decay)
     if cfg.name == "sgd":
         if cfg.nesterov and cfg.momentum == 0:
             raise ConfigError(

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,10 @@ from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import metrics_to_json
 from deepfake_detect.evaluation.runner import evaluate_samples
 from deepfake_detect.models.checkpoint import export_safetensors, load_checkpoint
+from deepfake_detect.data.feature_cache import FeatureCache
+from deepfake_detect.data.transforms import augment_is_random
 from deepfake_detect.models.registry import build_detector, validate_model_config
+from deepfake_detect.models.strategies import apply_strategy, save_adapter, unused_strategy_keys
 from deepfake_detect.runinfo import RUN_DIR_ENV, create_run_dir, write_run_info
 from deepfake_detect.training.module import DetectorModule, monitor_mode
 
@@ -146,13 +150,23 @@ def train(
         write_run_info(run_dir, resolved.model_dump(mode="json"), resumed_from=str(last_ckpt) if resumed else None)
 
     detector = build_detector(model_cfg)
-    datamodule = FaceDataModule(config.data, detector.preprocessing(), seed=config.seed)
+    counts = apply_strategy(detector, config.strategy)
+    datamodule = FaceDataModule(
+        config.data, detector.preprocessing(), seed=config.seed,
+        prepare=resolved.prepare, cache_root=config.output_dir,
+    )
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:
         _print(datamodule.summary())
     weights = datamodule.class_weights() if config.data.balance == "loss_weight" else None
-    module = DetectorModule(detector, resolved, class_weights=weights)
-    _report_parameters(detector)
+    cache = _feature_cache(config, datamodule)
+    datamodule.feature_cache = cache
+    module = DetectorModule(detector, resolved, class_weights=weights, feature_cache=cache)
+    if rank_zero_only.rank == 0:
+        _print(f"strategy {config.strategy.name}: {counts} parameters")
+        unused = unused_strategy_keys(config.strategy)
+        if unused:
+            _print(f"strategy {config.strategy.name} does not use: {', '.join(unused)}")
 
     tcfg = config.train
     show_progress = config.log.progress if progress is None else progress
@@ -200,8 +214,14 @@ def train(
         num_sanity_val_steps=0,
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
+        # New loaders each epoch only when cached features can replace the images.
+        reload_dataloaders_every_n_epochs=1 if cache is not None else 0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resumed else None, weights_only=True)
+    with warnings.catch_warnings():
+        if detector.frozen_children:  # the feature_extractor strategy keeps them in eval mode
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resumed else None,
+                    weights_only=True)
     if history and trainer.global_rank == 0:
         _prepend_history(run_dir / "metrics.csv", history)
 
@@ -216,7 +236,13 @@ def train(
     )
     if trainer.global_rank != 0:
         return result
+    if cache is not None:
+        for note in cache.notes:
+            _print(note)
     if best is not None:
+        if config.strategy.name == "peft_lora":
+            trained = load_checkpoint(best, inference=False)
+            save_adapter(trained, run_dir / "adapter", trained.checkpoint_meta)
         best_detector = load_checkpoint(best)
         export_safetensors(best_detector, run_dir / "model.safetensors", best_detector.checkpoint_meta)
         test = datamodule.samples("test")
@@ -273,11 +299,21 @@ def _print(text: str) -> None:
     Console(stderr=True).print(text)
 
 
-def _report_parameters(detector: torch.nn.Module) -> None:
-    total = sum(p.numel() for p in detector.parameters())
-    trainable = sum(p.numel() for p in detector.parameters() if p.requires_grad)
-    if rank_zero_only.rank == 0:
-        _print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+def _feature_cache(config: ExperimentConfig, dm: FaceDataModule) -> FeatureCache | None:
+    """The feature cache of the feature_extractor strategy, over the splits it is valid for."""
+    strategy = config.strategy
+    if strategy.name != "feature_extractor" or not strategy.cache_features:
+        return None
+    if config.train.num_nodes > 1 or config.train.devices not in ("auto", 1, "1"):
+        _print("feature cache: off, as each process would hold only its own share of features")
+        return None
+    sizes = {"val": len(dm.samples("val"))}
+    if augment_is_random(config.data.augment):
+        _print("feature cache: validation only; training views change every epoch "
+               "(data.augment is random)")
+    else:
+        sizes["train"] = len(dm.samples("train"))
+    return FeatureCache(sizes, strategy.cache_max_gb * 2**30)
 
 
 def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monitor: str, seconds: float) -> None:
