@@ -166,11 +166,14 @@ def evaluate(
         "deepfake-detect predict --checkpoint best.ckpt photo.jpg --detect-faces --json preds.json",
         "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth faces/",
         "deepfake-detect predict --checkpoint runs/f1/model.safetensors test/ --format submission --out submission.csv",
+        "deepfake-detect predict --checkpoint runs/ds/model.safetensors --video-dir faces/clip_007 clip_008.mp4",
     )
 )
 def predict(
     checkpoint: Checkpoint,
-    inputs: Annotated[list[Path], typer.Argument(help="Face crops, photos, videos or folders of them.")],
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="Face crops, photos, videos or folders of them.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="CSV file (filename,label,score,frames,faces,error).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
     threshold: Threshold = None,
@@ -188,30 +191,53 @@ def predict(
     fail_label: Annotated[
         int, typer.Option(min=0, max=1, help="submission: label of files that could not be scored.")
     ] = 1,
+    video_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder of one video's face-crop frames, scored as one video by a "
+                     "video detector (dual_stream); repeatable."),
+    ] = None,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
     Videos (and photos with --detect-faces) are cut into faces with the settings the checkpoint
     was trained with; a file without a face gets an error, not a score. With --format
     submission a failed file still gets a row (--fail-label) and is listed on the console.
+    A video detector (dual_stream) scores each video (or --video-dir folder of frames) as the
+    mean over evenly spaced clips; then `faces` counts the clips.
     """
     if output_format not in ("csv", "submission"):
         raise typer.BadParameter("--format must be csv or submission")
     from deepfake_detect.inference.predict import (
         predict_files,
+        predict_videos,
         write_per_face,
         write_predictions,
         write_submission,
     )
     from deepfake_detect.models.checkpoint import load_detector
 
+    from deepfake_detect.inference.clips import is_sequence_detector
+
+    if not inputs and not video_dir:
+        raise typer.BadParameter("give files or folders to score (or --video-dir)")
     detector = load_detector(checkpoint, config)
+    chosen = detector.threshold if threshold is None else threshold
     faces: list = []
-    rows = predict_files(
-        detector, inputs, threshold=detector.threshold if threshold is None else threshold,
-        batch_size=batch_size, num_workers=workers, device=device, detect_faces=detect_faces,
-        aggregation=aggregation, per_face=faces,
-    )
+    if is_sequence_detector(detector):
+        rows = predict_videos(
+            detector, inputs or [], video_dir or [], threshold=chosen, batch_size=batch_size,
+            num_workers=workers, device=device,
+        )
+    elif video_dir:
+        raise typer.BadParameter(
+            f"--video-dir needs a video detector (e.g. dual_stream); {detector.config.name!r} "
+            "scores single images: pass the folder as an input instead"
+        )
+    else:
+        rows = predict_files(
+            detector, inputs, threshold=chosen, batch_size=batch_size, num_workers=workers,
+            device=device, detect_faces=detect_faces, aggregation=aggregation, per_face=faces,
+        )
     if output_format == "submission":
         failed_rows = write_submission(rows, out or sys.stdout, fail_label)
         for r in failed_rows:

@@ -16,6 +16,7 @@ from deepfake_detect.errors import DataError
 from deepfake_detect.evaluation.aggregation import aggregate_videos
 from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
+from deepfake_detect.inference.clips import is_sequence_detector, score_videos
 from deepfake_detect.inference.scoring import score_files
 from deepfake_detect.models.detector import Detector
 
@@ -58,6 +59,11 @@ def evaluate_samples(
     ``left_out`` are (path, reason) of inputs that never became samples (e.g. videos without a
     face); they are counted with the files that could not be read."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_sequence_detector(detector):
+        return _evaluate_videos(
+            detector, samples, out_dir, threshold, batch_size, num_workers, device, plots,
+            progress, name, left_out,
+        )
     result = score_files(
         detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
         progress=progress, description=f"evaluating {name}".strip(),
@@ -101,6 +107,60 @@ def evaluate_samples(
     return metrics
 
 
+def _evaluate_videos(
+    detector: Detector,
+    samples: Sequence[Sample],
+    out_dir: Path,
+    threshold: float,
+    batch_size: int,
+    num_workers: int | None,
+    device: str | None,
+    plots: bool,
+    progress: bool,
+    name: str,
+    left_out: Sequence[tuple[str, str]],
+) -> dict[str, Any]:
+    """A sequence detector scores whole videos (mean over evenly spaced clips): video-level
+    metrics only, and ``predictions.csv`` has one row per video."""
+    result = score_videos(
+        detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
+        progress=progress, description=f"evaluating {name}".strip(),
+    )
+    ok = result.ok
+    kept = [v for v, good in zip(result.videos, ok) if good]
+    if not kept:
+        raise DataError(f"{name or out_dir}: none of the {len(result.videos)} videos could be scored")
+    labels = np.array([v.label for v in kept])
+    scores = result.scores[ok]
+    video = binary_metrics(labels, scores, threshold=threshold)
+    skipped = [{"path": p, "error": e} for p, e in left_out]
+    skipped += [{"path": p, "error": e} for p, e in sorted(result.errors.items())]
+    failed = [v.video for v, good in zip(result.videos, ok) if not good]
+    metrics = {
+        "dataset": name,
+        "threshold": threshold,
+        "video_aggregation": "mean over clips",
+        "frame": None,
+        "video": {**video, "n_videos": len(kept)},
+        "clips": int(result.clips.sum()),
+        "sequence": detector.preprocessing()["sequence"],
+        "short_videos_padded": result.short,
+        "videos_not_scored": failed,
+        "skipped": len(skipped),
+        "skipped_files": skipped,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
+    with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["video", "label", "score", "clips", "frames"])
+        for v, sc, n in zip(result.videos, result.scores, result.clips):
+            score = "" if np.isnan(sc) else f"{sc:.6f}"
+            writer.writerow([v.video, v.label, score, int(n), len(v.frames)])
+    if plots:
+        save_evaluation_plots(labels, scores, threshold, out_dir)
+    return metrics
+
+
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """Human-readable key figures of one dataset's metrics."""
 
@@ -108,6 +168,13 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
     f, v = metrics["frame"], metrics["video"]
+    if f is None:  # a sequence detector: videos only
+        rows = [("videos (real/fake)", f"{v['n']} ({v['n_real']}/{v['n_fake']})"),
+                ("clips", str(metrics.get("clips", "")))]
+        for key in ("auc", "ap", "eer", "acc", "acc_at_threshold", "precision", "recall", "f1"):
+            rows.append((key, f"{fmt(v.get(key))} video"))
+        rows.append(("skipped files", str(metrics["skipped"])))
+        return rows
     rows = [
         ("samples (real/fake)", f"{f['n']} ({f['n_real']}/{f['n_fake']})"),
         ("videos", str(v["n_videos"])),
@@ -186,7 +253,7 @@ def evaluate_checkpoint(
             left_out=left_out,
         )
     summary = {
-        name: {"frame": {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
+        name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
                "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
                "skipped": m["skipped"]}
         for name, m in results.items()

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from deepfake_detect.data.media import MEDIA_EXTENSIONS
 from deepfake_detect.data.sources import is_image_file
 from deepfake_detect.data.video import is_video_file
@@ -94,6 +96,74 @@ def predict_files(
                 per_face.extend({"filename": res.filename, **asdict(f)} for f in res.per_face)
     rows.extend(by_file[p] for p in files)
     return rows
+
+
+def predict_videos(
+    detector: Detector,
+    inputs: Sequence[str | Path],
+    video_dirs: Sequence[str | Path] = (),
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[Prediction]:
+    """One row per video for a sequence detector: each ``video_dirs`` folder holds the face
+    crops of one video; video files in ``inputs`` are cut into faces first, the way the
+    checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips."""
+    import tempfile
+
+    from deepfake_detect.data.clips import frames_folder_samples
+    from deepfake_detect.data.prepare import prepare
+    from deepfake_detect.errors import DeepfakeDetectError
+    from deepfake_detect.inference.clips import score_videos
+    from deepfake_detect.inference.media import prepare_settings
+
+    files, rows = collect_inputs(inputs)
+    jobs: list[tuple[str, list]] = []  # (filename, frame samples)
+    for folder in video_dirs:
+        try:
+            jobs.append((str(folder), frames_folder_samples(folder)))
+        except DeepfakeDetectError as exc:
+            rows.append(Prediction(str(folder), None, None, str(exc)))
+    with tempfile.TemporaryDirectory(prefix="deepfake-detect-") as tmp:
+        for i, path in enumerate(files):
+            if not is_video_file(path):
+                rows.append(Prediction(str(path), None, None, "a sequence detector scores videos: "
+                                       "give video files or --video-dir folders of frames"))
+                continue
+            out = Path(tmp) / str(i)
+            report = prepare([path], out, prepare_settings(detector), progress=False)
+            samples = _crops_of(report.manifest) if report.faces else []
+            if samples:
+                jobs.append((str(path), samples))
+            else:
+                reason = "; ".join(f"{k}: {n}" for k, n in report.failures.items()) or "no face found"
+                rows.append(Prediction(str(path), None, None, f"no_face: {reason}"))
+        for filename, samples in jobs:
+            result = score_videos(detector, samples, batch_size=batch_size,
+                                  num_workers=num_workers, device=device, progress=progress)
+            score = float(result.scores[0])
+            if np.isnan(score):
+                error = next(iter(result.errors.values()), "no clip could be scored")
+                rows.append(Prediction(filename, None, None, f"unreadable: {error}",
+                                       len(samples), 0))
+            else:
+                label = int(predict_labels([score], threshold)[0])
+                rows.append(Prediction(filename, label, score, "", len(samples), int(result.clips[0])))
+    return rows
+
+
+def _crops_of(manifest: Path) -> list:
+    """Face crops listed in a ``prepare`` manifest of one unlabelled video, as frame samples."""
+    from deepfake_detect.data.samples import Sample
+
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
+    return [
+        Sample(manifest.parent / r["path"], -1, r["video"], frame=f"{r['video']}/{r['frame']}")
+        for r in rows
+    ]
 
 
 _COLUMNS = ["filename", "label", "score", "frames", "faces", "error"]

@@ -96,6 +96,10 @@ class Detector(nn.Module):
         """The output of the pretrained part, input of :meth:`classify`."""
         raise NotImplementedError(f"detector {self.config.name!r} does not split off features")
 
+    def splits_features(self) -> bool:
+        """Whether :meth:`extract_features` is implemented (feature caching needs it)."""
+        return type(self).extract_features is not Detector.extract_features
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from :meth:`extract_features` output: the part that trains as the head."""
         return self.head(features)

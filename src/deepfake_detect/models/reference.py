@@ -7,6 +7,7 @@ from deepfake_detect.config.schema import ExperimentConfig
 
 
 def config_reference() -> str:
+    from deepfake_detect.models.dual_stream import DualStreamConfig
     from deepfake_detect.models.effort import EffortConfig
     from deepfake_detect.models.fsfm import FSFMConfig
     from deepfake_detect.models.timm_detector import TimmDetectorConfig
@@ -22,6 +23,9 @@ def config_reference() -> str:
         markdown_table(EffortConfig, "model.", skip=_shared_keys()),
         "#### `model` for `fsfm` (the timm keys above, default `fake_index` 0, plus `vit`)",
         markdown_table(FSFMConfig, "model.", skip=_timm_keys(TimmDetectorConfig)),
+        "#### `model` for `dual_stream` (default `num_classes` 1: one fake logit for BCE; plus `mean`, `std`, `freeze`, `weights` as "
+        "above; `input_size` equals `hq.size`)",
+        markdown_table(DualStreamConfig, "model.", skip=_shared_keys()),
     ]
     return "\n\n".join(parts) + "\n"
 

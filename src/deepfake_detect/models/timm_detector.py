@@ -89,6 +89,15 @@ def _default_input_size(backbone: nn.Module) -> int:
     return int(size[-1])
 
 
+def download_failed(name: str, exc: Exception, key: str = "model.pretrained") -> CheckpointError:
+    """The error for ``model.allow_download`` when timm could not fetch ``name``'s weights."""
+    return CheckpointError(
+        f"model.allow_download: could not download pretrained weights for timm model {name!r} "
+        f"({type(exc).__name__}: {exc}). Check the network, or download the file elsewhere and "
+        f"set {key} to its local path."
+    )
+
+
 class TimmDetector(Detector):
     """``timm`` backbone -> (attention on the feature map) -> pooling -> head."""
 
@@ -167,11 +176,7 @@ class TimmDetector(Detector):
         except Exception as exc:
             if not download:
                 raise
-            raise CheckpointError(
-                f"model.allow_download: could not download pretrained weights for timm model "
-                f"{name!r} ({type(exc).__name__}: {exc}). Check the network, or download the file "
-                "elsewhere and set model.pretrained to its local path."
-            ) from None
+            raise download_failed(name, exc) from None
 
     def _build_attention(self, fixed: bool) -> nn.Module:
         cfg = self.config

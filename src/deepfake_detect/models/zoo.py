@@ -54,5 +54,6 @@ def timm_any(cfg: TimmAnyConfig) -> TimmDetector:
 
 
 # Detectors with their own module register themselves on import.
+import deepfake_detect.models.dual_stream  # noqa: E402,F401
 import deepfake_detect.models.effort  # noqa: E402,F401
 import deepfake_detect.models.fsfm  # noqa: E402,F401

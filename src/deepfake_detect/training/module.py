@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from deepfake_detect.config.schema import ExperimentConfig
+from deepfake_detect.data.clips import average_by_video
 from deepfake_detect.data.feature_cache import FeatureCache
 from deepfake_detect.evaluation.metrics import binary_metrics
 from deepfake_detect.evaluation.thresholds import choose_threshold
@@ -107,18 +108,31 @@ class DetectorModule(L.LightningModule):
         if self._empty(batch):
             return
         logits = self._logits(batch, "val").float()
-        self._val_parts.append((batch["index"], logits.detach(), batch["label"]))
+        # Clip batches also say which video each clip is from (metrics are per video then).
+        video = batch.get("video", torch.full_like(batch["label"], -1))
+        self._val_parts.append((batch["index"], logits.detach(), batch["label"], video))
 
     def on_validation_epoch_end(self) -> None:
         parts, self._val_parts = self._val_parts, []
         if self.trainer.sanity_checking:
             return
-        _, logits, labels = self._gather(parts)
+        _, logits, labels, videos = self._gather(parts)
         if len(labels) == 0:
             return
         loss = self.criterion(logits, labels).item()
-        probs = self.model.probabilities(logits).cpu().numpy()
-        y = labels.cpu().numpy()
+        probs_t = self.model.probabilities(logits).cpu()
+        labels = labels.cpu()
+        if bool((videos >= 0).all()):
+            # Video detectors: a video's score is the mean over its clips (as evaluate does).
+            videos = videos.cpu()
+            count = int(videos.max()) + 1
+            probs_t = average_by_video(probs_t, videos, count)
+            video_labels = torch.full((count,), -1, dtype=labels.dtype)
+            video_labels[videos] = labels
+            seen = video_labels >= 0
+            probs_t, labels = probs_t[seen], video_labels[seen]
+        probs = probs_t.numpy()
+        y = labels.numpy()
         tcfg = self.config.eval.threshold
         self.threshold = choose_threshold(y, probs, tcfg.strategy, tcfg.value)
         metrics = binary_metrics(y, probs, threshold=self.threshold)
@@ -135,13 +149,12 @@ class DetectorModule(L.LightningModule):
         """Concatenate this rank's predictions, gather all ranks, drop the sampler's duplicates."""
         num_outputs = self.model.num_classes
         if parts:
-            index = torch.cat([p[0] for p in parts])
-            logits = torch.cat([p[1] for p in parts])
-            labels = torch.cat([p[2] for p in parts])
+            index, logits, labels, videos = (torch.cat(t) for t in zip(*parts))
         else:
             index = torch.zeros(0, dtype=torch.long, device=self.device)
             logits = torch.zeros(0, num_outputs, device=self.device)
             labels = torch.zeros(0, dtype=torch.long, device=self.device)
+            videos = torch.zeros(0, dtype=torch.long, device=self.device)
         if self.trainer.world_size > 1:
             sizes = self.all_gather(torch.tensor([len(index)], device=self.device)).flatten()
             most = int(sizes.max())
@@ -150,15 +163,15 @@ class DetectorModule(L.LightningModule):
                 pad = torch.zeros((most - len(t), *t.shape[1:]), dtype=t.dtype, device=t.device)
                 return torch.cat([t, pad])
 
-            gathered = [self.all_gather(padded(t)) for t in (index, logits, labels)]
-            index, logits, labels = (
+            gathered = [self.all_gather(padded(t)) for t in (index, logits, labels, videos)]
+            index, logits, labels, videos = (
                 torch.cat([g[r, : int(sizes[r])] for r in range(len(sizes))]) for g in gathered
             )
         order = torch.argsort(index, stable=True)
-        index, logits, labels = index[order], logits[order], labels[order]
+        index, logits, labels, videos = index[order], logits[order], labels[order], videos[order]
         keep = torch.ones_like(index, dtype=torch.bool)
         keep[1:] = index[1:] != index[:-1]
-        return index[keep], logits[keep], labels[keep]
+        return index[keep], logits[keep], labels[keep], videos[keep]
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from deepfake_detect.config.schema import ExperimentConfig
+from deepfake_detect.data.clip_datamodule import ClipDataModule
 from deepfake_detect.data.datamodule import FaceDataModule
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import metrics_to_json
@@ -151,7 +152,9 @@ def train(
 
     detector = build_detector(model_cfg)
     counts = apply_strategy(detector, config.strategy)
-    datamodule = FaceDataModule(
+    # Detectors of frame sequences (their preprocessing names a clip) train on clips of videos.
+    data_cls = ClipDataModule if "sequence" in detector.preprocessing() else FaceDataModule
+    datamodule = data_cls(
         config.data, detector.preprocessing(), seed=config.seed,
         prepare=resolved.prepare, cache_root=config.output_dir,
     )
@@ -159,7 +162,7 @@ def train(
     if rank_zero_only.rank == 0:
         _print(datamodule.summary())
     weights = datamodule.class_weights() if config.data.balance == "loss_weight" else None
-    cache = _feature_cache(config, datamodule)
+    cache = _feature_cache(config, datamodule, detector)
     datamodule.feature_cache = cache
     module = DetectorModule(detector, resolved, class_weights=weights, feature_cache=cache)
     if rank_zero_only.rank == 0:
@@ -299,10 +302,14 @@ def _print(text: str) -> None:
     Console(stderr=True).print(text)
 
 
-def _feature_cache(config: ExperimentConfig, dm: FaceDataModule) -> FeatureCache | None:
+def _feature_cache(config: ExperimentConfig, dm: FaceDataModule, detector) -> FeatureCache | None:
     """The feature cache of the feature_extractor strategy, over the splits it is valid for."""
     strategy = config.strategy
     if strategy.name != "feature_extractor" or not strategy.cache_features:
+        return None
+    if isinstance(dm, ClipDataModule) or not detector.splits_features():
+        _print(f"feature cache: off, detector {detector.config.name!r} does not split off "
+               "per-image features to store")
         return None
     if config.train.num_nodes > 1 or config.train.devices not in ("auto", 1, "1"):
         _print("feature cache: off, as each process would hold only its own share of features")
@@ -324,6 +331,8 @@ def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monito
         "best_score": result.best_score,
         "last_val_metrics": result.val_metrics,
         "class_counts": dm.class_counts(),
+        **({"video_counts": dm.video_counts(), "short_videos_padded": dm.short_videos()}
+           if isinstance(dm, ClipDataModule) else {}),
         "skipped": len(result.skipped),
         "skipped_files": [{"path": p, "error": e} for p, e in sorted(result.skipped.items())],
         "test": result.test_metrics and {k: result.test_metrics[k] for k in ("frame", "video")},
