@@ -26,7 +26,6 @@ from deepfake_detect.data.clips import (
     sequence_settings,
 )
 from deepfake_detect.data.datamodule import FaceDataModule
-from deepfake_detect.data.samplers import EpochBalancedSampler, EpochRandomSampler
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
 from deepfake_detect.data.splits import class_counts
 from deepfake_detect.data.transforms import build_clip_transform
@@ -114,12 +113,9 @@ class ClipDataModule(FaceDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.videos("train")
         batch = self.data.batch_size
-        if self.data.balance == "sampler":
-            inner = EpochBalancedSampler([v.label for v in train], seed=self.seed)
-        else:
-            inner = EpochRandomSampler(train, seed=self.seed)
         return DataLoader(
-            self.clip_dataset(train, train=True), batch, sampler=ClipEpochSampler(inner),
+            self.clip_dataset(train, train=True), batch,
+            sampler=ClipEpochSampler(self.train_sampler(train)),
             drop_last=len(train) > batch, **self._loader_options(),
         )
 

@@ -172,13 +172,17 @@ class FaceDataModule(L.LightningDataModule):
             "collate_fn": collate_skipping,
         }
 
+    def train_sampler(self, items: Sequence[Any]) -> EpochRandomSampler | EpochBalancedSampler:
+        """The training order over ``items`` (anything with a ``label``): shuffled, or
+        class-balanced with ``data.balance: sampler``; it depends only on (seed, epoch)."""
+        if self.data.balance == "sampler":
+            return EpochBalancedSampler([item.label for item in items], seed=self.seed)
+        return EpochRandomSampler(items, seed=self.seed)
+
     def train_dataloader(self) -> DataLoader:
         train = self.samples("train")
         batch = self.data.batch_size
-        if self.data.balance == "sampler":
-            sampler = EpochBalancedSampler([s.label for s in train], seed=self.seed)
-        else:
-            sampler = EpochRandomSampler(train, seed=self.seed)
+        sampler = self.train_sampler(train)
         if self.feature_cache is not None and self.feature_cache.complete("train"):
             return self.feature_cache.loader(
                 "train", [s.label for s in train], batch, sampler, drop_last=len(train) > batch
