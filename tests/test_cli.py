@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -17,6 +18,7 @@ from deepfake_detect.training.runner import train
 runner = CliRunner()
 COMMANDS = [
     "quickstart", "train", "evaluate", "predict", "export", "prepare", "synthesize", "models", "config",
+    "augment-preview", "calibrate",
 ]
 
 
@@ -219,3 +221,35 @@ def test_synthesize_command(tmp_path, shared):
     assert result.exit_code == 0, result.output
     assert "2 fakes written" in result.output
     assert len(list((tmp_path / "sbi" / "fake").rglob("*.png"))) == 2
+
+
+def test_augment_preview_writes_a_seeded_png_grid(tmp_path):
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "toy", videos_per_class=4, frames=2)
+    cfg = tiny_config(data, tmp_path / "runs")
+    cfg["data"]["augment"] = {"hflip": 0.5, "noise": 1.0, "downup": 0.5, "cutout": 1.0}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    pngs = []
+    for name in ("a.png", "b.png"):
+        result = runner.invoke(app, ["augment-preview", "-c", str(config), "--out", str(tmp_path / name),
+                                     "--samples", "3", "--views", "2", "--seed", "1",
+                                     "data.augment.color_shift=1"])
+        assert result.exit_code == 0, result.output
+        pngs.append(tmp_path / name)
+    with Image.open(pngs[0]) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        # 3 columns (original + 2 views) by 3 rows of cells of at least the input size (32 px),
+        # small sizes enlarged; never an unbounded image
+        assert 3 * 32 < im.width <= 3 * 128 + 16 and 3 * 32 < im.height <= 16 + 3 * 128 + 16
+        assert (im.width, im.height) == (3 * 96 + 4 * 4, 16 + 3 * 96 + 4 * 4)
+        pixels = np.asarray(im)
+    assert pngs[0].read_bytes() == pngs[1].read_bytes()  # same seed, same grid
+    cell = pixels[16 + 4 : 16 + 4 + 96]  # first row
+    original, view = cell[:, 4 : 4 + 96], cell[:, 4 + 100 : 4 + 100 + 96]
+    assert (original != view).any()  # the views are augmented
+    other = runner.invoke(app, ["augment-preview", "-c", str(config), "--out", str(tmp_path / "c.png"),
+                                "--samples", "3", "--views", "2", "--seed", "2", "--data", str(data)])
+    assert other.exit_code == 0, other.output
+    assert (tmp_path / "c.png").read_bytes() != pngs[0].read_bytes()

@@ -251,7 +251,36 @@ def test_threshold_fixed_and_errors() -> None:
         choose_threshold([0, 1], [0.1, 0.9], "youden")
     with pytest.raises(DataError, match="only real"):
         choose_threshold([0, 0], [0.1, 0.9], "max_f1")
-    assert set(STRATEGIES) == {"fixed", "eer", "max_acc", "max_f1", "max_macro_f1"}
+    assert set(STRATEGIES) == {"fixed", "eer", "max_acc", "max_f1", "max_macro_f1", "fpr"}
+    with pytest.raises(ConfigError, match="false-positive rate"):
+        choose_threshold([0, 1], [0.1, 0.9], "fpr", 1.5)
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("target", [0.0, 0.05, 0.2, 0.5])
+def test_fpr_threshold_is_lowest_within_target(seed: int, target: float) -> None:
+    y, s = _random_case(seed)
+    t = choose_threshold(y, s, "fpr", target)
+    assert 0 < t < 1
+
+    def fpr(th: float) -> float:
+        return float(np.mean(predict_labels(s[y == 0], th)))
+
+    if s[y == 0].max() < 1.0:  # a real at exactly 1.0 can never be excluded
+        assert fpr(t) <= target
+    # the next lower candidate breaks the target: t is the lowest threshold within it
+    cands, _, _ = threshold_candidates(y, s)
+    lower = cands[cands < t]
+    if lower.size and fpr(t) <= target:
+        assert fpr(lower.max()) > target
+
+
+def test_fpr_threshold_hand_case() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.6, 0.8, 0.9])
+    assert choose_threshold(y, s, "fpr", 0.0) == pytest.approx(0.75)  # above the real at 0.7
+    assert choose_threshold(y, s, "fpr", 0.25) == pytest.approx(0.35)  # one real (0.7) allowed
+    assert choose_threshold(y, s, "fpr", 0.5) == pytest.approx(0.25)
 
 
 def test_threshold_extreme_scores_stay_inside_unit_interval() -> None:

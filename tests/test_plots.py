@@ -17,6 +17,7 @@ from deepfake_detect.evaluation import (
     plot_roc,
     save_evaluation_plots,
 )
+from deepfake_detect.evaluation.plots import plot_reliability
 
 
 def _assert_png(path: Path) -> None:
@@ -43,7 +44,8 @@ def test_save_evaluation_plots(tmp_path: Path) -> None:
     y, s = _data()
     paths = save_evaluation_plots(y, s, 0.5, tmp_path / "plots", prefix="video_")
     names = sorted(p.name for p in paths)
-    assert names == ["video_confusion.png", "video_pr.png", "video_roc.png", "video_score_hist.png"]
+    assert names == ["video_confusion.png", "video_pr.png", "video_reliability.png", "video_roc.png",
+                     "video_score_hist.png"]
     for p in paths:
         _assert_png(p)
 
@@ -53,7 +55,7 @@ def test_single_class_skips_roc_and_pr(tmp_path: Path, caplog: pytest.LogCapture
     s = np.linspace(0.05, 0.95, 20)
     with caplog.at_level(logging.WARNING):
         paths = save_evaluation_plots(y, s, 0.5, tmp_path)
-    assert sorted(p.name for p in paths) == ["confusion.png", "score_hist.png"]
+    assert sorted(p.name for p in paths) == ["confusion.png", "reliability.png", "score_hist.png"]
     assert not (tmp_path / "roc.png").exists()
     assert "one class" in caplog.text
     assert plot_roc(y, s, tmp_path / "r.png") is None
@@ -98,3 +100,12 @@ def test_learning_curves_edge_cases(tmp_path: Path) -> None:
     wrong.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="epoch"):
         plot_learning_curves(wrong, tmp_path / "y.png")
+
+
+def test_reliability_diagram(tmp_path: Path) -> None:
+    y, s = _data()
+    _assert_png(plot_reliability(y, s, tmp_path / "rel" / "reliability.png"))
+    # saturated scores fill only the end bins; nothing divides by an empty bin
+    _assert_png(plot_reliability([0, 1, 1], [0.0, 1.0, 1.0], tmp_path / "edge.png"))
+    with pytest.raises(DataError, match="probabilities"):
+        plot_reliability([0, 1], [0.5, 1.5], tmp_path / "bad.png")

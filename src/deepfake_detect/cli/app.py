@@ -431,6 +431,82 @@ def show_config(
     out_console.print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), markup=False)
 
 
+@app.command(
+    "augment-preview",
+    epilog=_examples(
+        "deepfake-detect augment-preview -c configs/xception.yaml --out augment.png",
+        "deepfake-detect augment-preview -c configs/xception.yaml --data /data/ff++ --samples 4 --views 6 data.augment.jpeg=0.5",
+    ),
+)
+def augment_preview(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (its data.augment is shown).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides key=value, e.g. data.augment.noise=1")] = None,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment-preview.png"),
+    data: Annotated[list[Path] | None, typer.Option(help="Dataset folder or CSV instead of data.path; repeatable.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Training images, one per row.")] = 8,
+    views: Annotated[int, typer.Option(min=1, help="Augmented versions of each, beside the original.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the image choice and the augmentation draws.")] = 0,
+) -> None:
+    """Write a PNG grid of training images as the model sees them after augmentation.
+
+    Each row is one training image: first resized only (as evaluation sees it), then --views
+    independent draws of data.augment, de-normalised for display.
+    """
+    from deepfake_detect.config import load_config
+    from deepfake_detect.data.preview import augment_preview as run_preview
+
+    cfg = load_config(config, overrides or [])
+    report = run_preview(cfg, out, samples=samples, views=views, seed=seed, data=data or None)
+    width, height = report.size
+    console.print(f"{len(report.images)} images x {report.views} views written to {report.path} ({width}x{height} px)")
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect calibrate --checkpoint runs/x1/model.safetensors --data /data/ff++ --out runs/x1/calibrated.safetensors",
+        "deepfake-detect calibrate --checkpoint best.ckpt --data val_a/ --data val_b.csv --split all --threshold-strategy fpr --target-fpr 0.01 --out cal.safetensors",
+        "deepfake-detect calibrate -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --data ff_val/ --threshold-strategy keep --out effort_cal.safetensors",
+    )
+)
+def calibrate(
+    checkpoint: Checkpoint,
+    data: Annotated[list[Path], typer.Option(help="Validation dataset folder or CSV manifest; repeatable (pooled).")],
+    out: Annotated[Path, typer.Option(help="The calibrated .safetensors to write (calibration.json goes beside it).")],
+    split: Annotated[str, typer.Option(help="auto (val split if present; all samples of a dataset without splits), val or all. Never test.")] = "auto",
+    threshold_strategy: Annotated[
+        str, typer.Option(help="eer, max_acc, max_f1, max_macro_f1, fpr (lowest threshold with FPR <= --target-fpr) or keep (same decisions as before).")
+    ] = "eer",
+    target_fpr: Annotated[float, typer.Option(help="Target false-positive rate for --threshold-strategy fpr.")] = 0.01,
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
+    config: ModelYaml = None,
+) -> None:
+    """Fit temperature scaling and a decision threshold on validation data; write a new checkpoint.
+
+    The temperature T (P(fake) = sigmoid(fake logit / T)) minimises the validation NLL; it keeps
+    the ranking (AUC, EER) and makes the scores honest probabilities. predict and evaluate apply
+    the stored temperature and threshold automatically. The test split is refused: calibrating
+    on it would leak.
+    """
+    from deepfake_detect.evaluation.calibration import calibrate_checkpoint
+
+    result = calibrate_checkpoint(
+        checkpoint, data, out, split=split, threshold_strategy=threshold_strategy,
+        target_fpr=target_fpr, batch_size=batch_size, num_workers=workers, device=device,
+        config=config,
+    )
+    table = Table("", "before", "after", title=f"calibration on {result.n} samples "
+                  f"({result.n_real} real / {result.n_fake} fake)")
+    for row in result.table():
+        table.add_row(*row)
+    out_console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]warning[/yellow]: {escape(note)}")
+    console.print(f"wrote {out} (threshold strategy {result.threshold_strategy}) and "
+                  f"{Path(out).parent / 'calibration.json'}")
+
+
 def _print_metrics(results: dict) -> None:
     from deepfake_detect.evaluation.runner import summary_rows
 

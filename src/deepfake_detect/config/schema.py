@@ -25,7 +25,9 @@ class AugmentConfig(Strict):
     """Train-time augmentation. Probabilities are per sample; 0 disables a transform.
 
     Applied in this order on uint8 images: crop/resize, hflip, rotation, blur,
-    brightness/contrast, color_jitter, jpeg; random erasing comes after normalisation.
+    brightness/contrast, color_jitter, color_shift, randaugment (torchvision's
+    ``v2.RandAugment`` on uint8), noise, downup, jpeg, cutout; random erasing comes after
+    normalisation. The frames of a clip all get the same draw.
     """
 
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
@@ -54,7 +56,37 @@ class AugmentConfig(Strict):
     jpeg_quality: tuple[int, int] = Field(
         (40, 100), description="range of JPEG qualities (1..100) drawn uniformly"
     )
+    color_shift: float = Field(
+        0.0, ge=0, le=1, description="probability of a per-channel RGB offset (colour shift)"
+    )
+    color_shift_limit: int = Field(
+        20, ge=0, le=255, description="max colour shift per channel, in 0..255 units"
+    )
+    randaugment: int = Field(
+        0, ge=0, le=14, description="RandAugment ops per image (torchvision's, on uint8); 0: off"
+    )
+    randaugment_magnitude: int = Field(
+        9, ge=0, le=30, description="RandAugment magnitude, 0..30"
+    )
+    noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise")
+    noise_std: tuple[float, float] = Field(
+        (0.01, 0.05), description="range of noise std (fraction of 255) drawn uniformly"
+    )
+    downup: float = Field(
+        0.0, ge=0, le=1,
+        description="probability of down-up resampling (shrink, then resize back; "
+        "nearest, bilinear or bicubic drawn per image)",
+    )
+    downup_scale: tuple[float, float] = Field(
+        (0.25, 0.75), description="range of the downscale factor drawn uniformly, in (0, 1]"
+    )
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing")
+    cutout: float = Field(
+        0.0, ge=0, le=1, description="probability of one black square hole (uint8, after jpeg)"
+    )
+    cutout_size: float = Field(
+        0.25, gt=0, le=1, description="cutout side as a fraction of the shorter image side"
+    )
     scale: tuple[float, float] | None = Field(
         None, description="random resized crop scale range, e.g. [0.8, 1.0]; null: plain resize"
     )
@@ -78,6 +110,25 @@ class AugmentConfig(Strict):
             raise ValueError(
                 f"data.augment.jpeg_quality {list(v)} must satisfy 1 <= min <= max <= 100, "
                 "e.g. [40, 100]"
+            )
+        return v
+
+    @field_validator("noise_std")
+    @classmethod
+    def _noise_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return cls._unit_range(v, "noise_std", "[0.01, 0.05]")
+
+    @field_validator("downup_scale")
+    @classmethod
+    def _downup_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return cls._unit_range(v, "downup_scale", "[0.25, 0.75]")
+
+    @staticmethod
+    def _unit_range(v: tuple[float, float], key: str, example: str) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(
+                f"data.augment.{key} {list(v)} must satisfy 0 < min <= max <= 1, e.g. {example}"
             )
         return v
 
@@ -192,10 +243,19 @@ class TrainConfig(Strict):
 
 
 class ThresholdConfig(Strict):
-    strategy: Literal["fixed", "eer", "max_acc", "max_f1", "max_macro_f1"] = Field(
-        "fixed", description="how the decision threshold is chosen on validation data"
+    strategy: Literal["fixed", "eer", "max_acc", "max_f1", "max_macro_f1", "fpr"] = Field(
+        "fixed",
+        description="how the decision threshold is chosen on validation data: fixed (value), "
+        "eer, max_acc, max_f1, max_macro_f1, or fpr (lowest threshold whose false-positive "
+        "rate is at most value)",
     )
-    value: float = Field(0.5, gt=0, lt=1, description="threshold used by 'fixed'")
+    value: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="fixed: the threshold itself; fpr: the target false-positive rate "
+        "(e.g. 0.01); ignored by the other strategies",
+    )
 
 
 class EvalConfig(Strict):

@@ -15,7 +15,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from deepfake_detect.config.schema import AugmentConfig
-from deepfake_detect.data.augment import RandomBrightnessContrast, RandomKernelGaussianBlur
+from deepfake_detect.data.augment import (
+    RandomBrightnessContrast,
+    RandomColorShift,
+    RandomCutout,
+    RandomDownUp,
+    RandomGaussianNoise,
+    RandomKernelGaussianBlur,
+)
 from deepfake_detect.errors import ConfigError
 
 
@@ -28,6 +35,7 @@ def build_transform(
     ``augment`` None the transform is deterministic (evaluation); otherwise it adds the
     train-time augmentations. Geometry and colour work on uint8 tensors, which is faster than
     on floats; random erasing comes after normalisation so erased areas are noise in model space.
+    See :func:`_pixel_augmentations` for the order of the uint8 augmentations.
     """
     size, mean, std = _preprocessing(preprocessing)
     steps: list[Any] = [v2.ToImage()]  # PIL -> uint8 (C, H, W)
@@ -59,8 +67,17 @@ def augment_is_random(augment: AugmentConfig | None) -> bool:
 
 
 def _pixel_augmentations(augment: AugmentConfig) -> list[Any]:
-    """The uint8 augmentations after crop/resize, in order: hflip, rotation, blur,
-    brightness/contrast, colour jitter, JPEG (compression last, as a saved fake would be)."""
+    """The uint8 augmentations after crop/resize, in order:
+
+    1. geometry: hflip, rotation;
+    2. blur (before the colour steps, where it has always been, so that seeded runs of
+       existing recipes keep their exact views);
+    3. colour: brightness/contrast, colour jitter, per-channel colour shift, RandAugment
+       (torchvision's ``v2.RandAugment``, applied on uint8);
+    4. degradations a shared or re-encoded fake goes through: Gaussian noise, down-up
+       resampling, then JPEG (compression last, as a saved fake would be);
+    5. cutout, a black hole drawn on the final uint8 pixels.
+    """
     steps: list[Any] = []
     if augment.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(augment.hflip))
@@ -80,8 +97,21 @@ def _pixel_augmentations(augment: AugmentConfig) -> list[Any]:
                 f"data.augment.color_jitter {augment.color_jitter} is invalid ({e}): "
                 "brightness, contrast, saturation >= 0 and hue in [0, 0.5]"
             ) from None
+    if augment.color_shift > 0 and augment.color_shift_limit > 0:
+        shift = RandomColorShift(augment.color_shift_limit)
+        steps.append(_with_probability(shift, augment.color_shift))
+    if augment.randaugment > 0:
+        steps.append(
+            v2.RandAugment(num_ops=augment.randaugment, magnitude=augment.randaugment_magnitude)
+        )
+    if augment.noise > 0:
+        steps.append(_with_probability(RandomGaussianNoise(augment.noise_std), augment.noise))
+    if augment.downup > 0:
+        steps.append(_with_probability(RandomDownUp(augment.downup_scale), augment.downup))
     if augment.jpeg > 0:
         steps.append(_with_probability(v2.JPEG(list(augment.jpeg_quality)), augment.jpeg))
+    if augment.cutout > 0:
+        steps.append(_with_probability(RandomCutout(augment.cutout_size), augment.cutout))
     return steps
 
 

@@ -15,6 +15,8 @@ from deepfake_detect.errors import DataError
 
 # DeepfakeBench counts a sample as fake when its score is strictly above 0.5.
 DEFAULT_THRESHOLD = 0.5
+# Guo et al. (2017) report ECE with 15 equal-width bins; the same count keeps numbers comparable.
+ECE_BINS = 15
 
 
 def to_numpy(values: Any, name: str) -> np.ndarray:
@@ -154,6 +156,64 @@ def confusion_matrix(labels: Any, predictions: Any) -> list[list[int]]:
     ]
 
 
+def _bin_index(s: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each score for `bins` equal-width bins over [0, 1], right-closed: (lo, hi].
+
+    The first bin also holds 0, so no score in [0, 1] is dropped; a score on an inner edge
+    belongs to the lower bin.
+    """
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise DataError(f"bins must be a positive integer, got {bins!r}")
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    return np.searchsorted(edges[1:-1], s, side="left")
+
+
+def reliability_curve(
+    labels: Any, scores: Any, bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Per-bin calibration of P(fake) over `bins` equal-width bins of [0, 1] (right-closed).
+
+    Returns numpy arrays: ``edges`` (bins + 1), ``confidence`` (mean score in the bin),
+    ``frequency`` (share of fakes in the bin, the "accuracy" of a binary reliability diagram)
+    and ``count`` (samples in the bin). Empty bins have NaN confidence and frequency.
+    A perfectly calibrated detector has frequency == confidence in every bin.
+    """
+    y, s = check_inputs(labels, scores)
+    idx = _bin_index(s, bins)
+    count = np.bincount(idx, minlength=bins).astype(np.int64)
+    score_sum = np.bincount(idx, weights=s, minlength=bins)
+    fake_sum = np.bincount(idx, weights=y.astype(np.float64), minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.where(count > 0, score_sum / np.maximum(count, 1), np.nan)
+        frequency = np.where(count > 0, fake_sum / np.maximum(count, 1), np.nan)
+    return {
+        "edges": np.linspace(0.0, 1.0, int(bins) + 1),
+        "confidence": confidence,
+        "frequency": frequency,
+        "count": count,
+    }
+
+
+def expected_calibration_error(labels: Any, scores: Any, bins: int = ECE_BINS) -> float:
+    """ECE of P(fake): sum over bins of |share of fakes - mean score| x share of samples.
+
+    The binary form of Guo et al.'s ECE, with the positive (fake) class probability binned into
+    `bins` equal-width bins of [0, 1] (right-closed, 0 in the first bin); empty bins add nothing.
+    It lies in [0, 1]; 0 means every bin's mean score equals its observed fake rate.
+    """
+    curve = reliability_curve(labels, scores, bins)
+    count = curve["count"]
+    full = count > 0
+    gaps = np.abs(curve["frequency"][full] - curve["confidence"][full])
+    return float(np.sum(gaps * count[full]) / count.sum())
+
+
+def brier_score(labels: Any, scores: Any) -> float:
+    """Mean squared difference between P(fake) and the label (0 real, 1 fake); lower is better."""
+    y, s = check_inputs(labels, scores)
+    return float(np.mean((s - y) ** 2))
+
+
 def _ratio(num: int, den: int) -> float:
     # sklearn's default zero_division: an undefined precision/recall/F1 counts as 0.
     return num / den if den > 0 else 0.0
@@ -166,7 +226,9 @@ def binary_metrics(
 
     Keys: auc, eer, ap, acc (at 0.5), acc_at_threshold, threshold, precision, recall, f1 (fake is
     the positive class, at `threshold`), f1_real, macro_f1, balanced_acc, confusion
-    [[TN, FP], [FN, TP]], n, n_real, n_fake, warnings (list of str).
+    [[TN, FP], [FN, TP]], n, n_real, n_fake, warnings (list of str), ece (expected calibration
+    error of P(fake) over 15 equal-width bins, see `expected_calibration_error`) and brier (mean
+    squared error of P(fake) against the label). ece and brier are defined for one class too.
     """
     threshold = check_threshold(threshold)
     y, s = check_inputs(labels, scores)
@@ -211,6 +273,8 @@ def binary_metrics(
         "n_real": n_real,
         "n_fake": n_fake,
         "warnings": notes,
+        "ece": expected_calibration_error(y, s),
+        "brier": brier_score(y, s),
     }
 
 

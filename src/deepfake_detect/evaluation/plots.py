@@ -20,12 +20,16 @@ from matplotlib.ticker import MaxNLocator
 
 from deepfake_detect.errors import DataError
 from deepfake_detect.evaluation.metrics import (
+    ECE_BINS,
     average_precision,
+    brier_score,
     check_inputs,
     confusion_matrix,
     eer_point,
+    expected_calibration_error,
     precision_recall_curve,
     predict_labels,
+    reliability_curve,
     roc_auc,
     roc_curve,
 )
@@ -132,10 +136,49 @@ def plot_score_histograms(
     return _save(fig, path)
 
 
+def plot_reliability(
+    labels: Any, scores: Any, path: str | Path, bins: int = ECE_BINS,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Reliability diagram of P(fake): observed fake share per score bin against the bin's mean
+    score, the diagonal of perfect calibration, and the samples per bin underneath.
+
+    Bars above the diagonal mean the detector under-states P(fake) there, below it over-states
+    it. The legend gives ECE (same bins) and the Brier score.
+    """
+    y, s = check_inputs(labels, scores)
+    curve = reliability_curve(y, s, bins)
+    edges, count = curve["edges"], curve["count"]
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    width = edges[1] - edges[0]
+    full = count > 0
+    fig = Figure(figsize=(5.0, 6.0))
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    ax.bar(centers[full], curve["frequency"][full], width=width * 0.95, color=_FAKE_COLOR,
+           alpha=0.7, edgecolor="black", lw=0.5, label="observed fake share")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    ax.plot(curve["confidence"][full], curve["frequency"][full], "ko", ms=4,
+            label="mean score in bin")
+    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="Share of fakes (accuracy)", title=title)
+    ax.grid(alpha=0.3)
+    ece = expected_calibration_error(y, s, bins)
+    ax.legend(loc="upper left", title=f"ECE = {ece:.4f}, Brier = {brier_score(y, s):.4f}",
+              fontsize="small")
+    ax_count.bar(centers, count, width=width * 0.95, color="tab:grey", edgecolor="black", lw=0.5)
+    for x, n in zip(centers[full], count[full]):
+        ax_count.text(x, n, str(int(n)), ha="center", va="bottom", fontsize=6)
+    ax_count.set(xlabel="P(fake) (confidence)", ylabel="Samples")
+    ax_count.set_ylim(0, max(1, int(count.max())) * 1.25)
+    ax_count.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def save_evaluation_plots(
     labels: Any, scores: Any, threshold: float, out_dir: str | Path, prefix: str = ""
 ) -> list[Path]:
-    """Write {prefix}roc.png, pr.png, confusion.png, score_hist.png; returns the files written.
+    """Write {prefix}roc.png, pr.png, confusion.png, score_hist.png, reliability.png; returns the
+    files written.
 
     ROC and precision-recall are skipped (with a logged warning) when only one class is present.
     """
@@ -152,6 +195,8 @@ def save_evaluation_plots(
         ),
         plot_score_histograms(y, s, out_dir / f"{prefix}score_hist.png", threshold,
                               title=f"Score distribution{suffix}"),
+        plot_reliability(y, s, out_dir / f"{prefix}reliability.png",
+                         title=f"Reliability diagram{suffix}"),
     ]
     return [p for p in written if p is not None]
 

@@ -4,11 +4,13 @@ Candidates sit halfway between neighbouring distinct scores (and between the ext
 0 / 1), so a threshold learnt on validation data is not glued to one validation sample's score.
 With the package's `score > threshold` rule (see `predict_labels`) candidate j marks exactly the
 j highest distinct scores as fake. Ties between equally good candidates go to the one closest to
-0.5, then to the lower one.
+0.5, then to the lower one. The 'fpr' strategy instead takes the lowest candidate whose
+false-positive rate (reals called fake) stays within a target.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,10 @@ import numpy as np
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.metrics import _clf_counts, check_inputs, check_threshold, eer_point
 
-STRATEGIES = ("fixed", "eer", "max_acc", "max_f1", "max_macro_f1")
+STRATEGIES = ("fixed", "eer", "max_acc", "max_f1", "max_macro_f1", "fpr")
 _TIE_TOL = 1e-12
+
+log = logging.getLogger(__name__)
 
 
 def _candidates(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -64,8 +68,10 @@ def choose_threshold(
     """Decision threshold in (0, 1) for `strategy` (see STRATEGIES); 'fixed' returns `value`.
 
     'eer' reproduces the ROC point whose FPR is reported as the EER; 'max_acc', 'max_f1' (fake
-    class) and 'max_macro_f1' maximise that metric on the given data. All but 'fixed' need both
-    classes.
+    class) and 'max_macro_f1' maximise that metric on the given data. 'fpr' treats `value` as a
+    target false-positive rate and returns the lowest threshold whose FPR on the given data is
+    at most `value` (so it detects the most fakes within that budget; see `fpr_threshold`).
+    All but 'fixed' need both classes.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(
@@ -74,6 +80,8 @@ def choose_threshold(
         )
     if strategy == "fixed":
         return check_threshold(value)
+    if strategy == "fpr":
+        target = _check_target_fpr(value)
 
     y, s = check_inputs(labels, scores)
     n_fake = int(y.sum())
@@ -96,8 +104,45 @@ def choose_threshold(
         # (0, 1).
         wanted = int(np.unique(s[s >= roc_thr[idx]]).size)
         return float(thresholds[np.argmin(np.abs(groups - wanted))])
+    if strategy == "fpr":
+        return _lowest_within_fpr(thresholds, fp / n_real, target)
     if strategy == "max_acc":
         return _pick(thresholds, (tp + tn).astype(np.float64))
     if strategy == "max_f1":
         return _pick(thresholds, _f1(tp, fp, fn))
     return _pick(thresholds, (_f1(tp, fp, fn) + _f1(tn, fn, fp)) / 2.0)
+
+
+def _check_target_fpr(value: Any) -> float:
+    try:
+        target = float(value)
+    except (TypeError, ValueError):
+        target = float("nan")
+    if not 0.0 <= target < 1.0:
+        raise ConfigError(
+            f"eval.threshold.value: with strategy 'fpr' the value is the target false-positive "
+            f"rate and must lie in [0, 1), got {value!r} (e.g. 0.01 for 1%)"
+        )
+    return target
+
+
+def _lowest_within_fpr(thresholds: np.ndarray, fpr: np.ndarray, target: float) -> float:
+    # Candidates come with decreasing thresholds, so FPR never decreases along them: the last
+    # one within the target is the lowest such threshold and has the highest recall.
+    within = np.flatnonzero(fpr <= target + _TIE_TOL)
+    if within.size:
+        return float(thresholds[within[-1]])
+    # Only reachable when real samples score exactly 1.0 (no threshold below 1 excludes them).
+    log.warning(
+        "no threshold below 1 keeps the false-positive rate within %.4g (best reachable %.4g, "
+        "real samples score 1.0); using the strictest threshold", target, float(fpr.min()),
+    )
+    return float(thresholds[np.argmin(fpr)])
+
+
+def fpr_threshold(labels: Any, scores: Any, target_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on (labels, scores) is <= `target_fpr`.
+
+    Same as ``choose_threshold(labels, scores, "fpr", target_fpr)``.
+    """
+    return choose_threshold(labels, scores, "fpr", target_fpr)

@@ -8,7 +8,7 @@ scored gets NaN and its first error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +49,12 @@ def score_videos(
     device: str | torch.device | None = None,
     progress: bool = True,
     description: str = "scoring clips",
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> VideoScores:
-    """Score the videos whose frames are ``samples`` (grouped by video id, in frame order)."""
+    """Score the videos whose frames are ``samples`` (grouped by video id, in frame order).
+
+    ``output`` maps a batch of logits to the per-clip value averaged (default P(fake)).
+    """
     from rich.progress import Progress
 
     pre = detector.preprocessing()
@@ -81,7 +85,8 @@ def score_videos(
             if batch["image"] is not None:
                 with autocast_for(device):
                     logits = detector(batch["image"].to(device, non_blocking=True))
-                probs = detector.probabilities(logits.float()).cpu().numpy()
+                values = (output or detector.probabilities)(logits.float())
+                probs = values.float().cpu().numpy()
                 np.add.at(total, batch["video"].numpy(), probs)
                 np.add.at(clips, batch["video"].numpy(), 1)
             bar.advance(task, len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"])))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +60,12 @@ def score_files(
     device: str | torch.device | None = None,
     progress: bool = True,
     description: str = "scoring",
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Scores:
-    """Score image files in order; unreadable files get NaN and an error, the rest go on."""
+    """Score image files in order; unreadable files get NaN and an error, the rest go on.
+
+    ``output`` maps a batch of logits to the per-sample value kept (default P(fake)).
+    """
     from rich.progress import Progress
 
     samples = [
@@ -94,7 +98,8 @@ def score_files(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_for(device):
                     logits = detector(x)
-                probs = detector.probabilities(logits.float()).cpu().numpy()
+                values = (output or detector.probabilities)(logits.float())
+                probs = values.float().cpu().numpy()
                 scores[batch["index"].numpy()] = probs
             bar.advance(task, len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"])))
     return Scores(scores=scores, errors=errors)

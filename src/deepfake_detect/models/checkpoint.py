@@ -6,8 +6,9 @@ Format B, exported ``.safetensors``: the detector's state dict, with the meta as
 metadata key ``deepfake_detect``.
 
 The meta is plain Python data: ``format``, ``model`` (the model config), ``preprocessing``
-(``input_size``, ``mean``, ``std``), ``threshold``, ``version``, ``git_commit``, ``experiment``
-(the full experiment config) and ``class_names``.
+(``input_size``, ``mean``, ``std``), ``threshold``, ``temperature`` (temperature scaling of the
+logits, 1.0 = none; missing in old checkpoints), ``version``, ``git_commit``, ``experiment``
+(the full experiment config) and ``class_names``; ``calibrate`` adds ``calibration``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def checkpoint_meta(
         "model": detector.config.model_dump(mode="json"),
         "preprocessing": detector.preprocessing(),
         "threshold": float(threshold),
+        "temperature": float(getattr(detector, "temperature", 1.0)),
         "version": __version__,
         "git_commit": git_commit(),
         "experiment": dict(experiment) if experiment is not None else {},
@@ -175,9 +177,27 @@ def load_checkpoint(
 
 def _ready(detector: Detector, meta: dict[str, Any], map_location: str | torch.device) -> Detector:
     detector.threshold = float(meta.get("threshold", 0.5))
+    detector.temperature = _temperature(meta)
     detector.checkpoint_meta = meta
     detector.to(map_location)
     return detector.eval()
+
+
+def _temperature(meta: Mapping[str, Any]) -> float:
+    """The stored temperature; 1.0 (no scaling) for checkpoints written before calibration."""
+    import math
+
+    raw = meta.get("temperature", 1.0)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise CheckpointError(
+            f"checkpoint meta 'temperature' must be a positive number, got {raw!r}; "
+            "rerun deepfake-detect calibrate or export the checkpoint again"
+        )
+    return value
 
 
 def load_detector(

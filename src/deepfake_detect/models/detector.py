@@ -79,6 +79,9 @@ class Detector(nn.Module):
 
     # Children kept in eval mode while training (set by the feature_extractor strategy).
     frozen_children: tuple[str, ...] = ()
+    # Temperature scaling (set by calibration, stored in the checkpoint meta): probabilities()
+    # divides the logits by it. 1.0 leaves the scores exactly as the network gives them.
+    temperature: float = 1.0
 
     def __init__(self, config: ModelConfig, input_size: int, mean, std) -> None:
         super().__init__()
@@ -88,6 +91,7 @@ class Detector(nn.Module):
         self.input_size = int(config.input_size or input_size)
         self.mean = tuple(float(m) for m in (config.mean or mean))
         self.std = tuple(float(s) for s in (config.std or std))
+        self.temperature = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.extract_features(x))
@@ -132,7 +136,13 @@ class Detector(nn.Module):
         return logits[:, self.fake_index] - logits[:, 1 - self.fake_index]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(fake) from logits, shape ``(B,)``."""
+        """P(fake) from logits, shape ``(B,)``, after temperature scaling (``self.temperature``).
+
+        For two logits softmax(l / T)[fake] = sigmoid((l_fake - l_real) / T), so one temperature
+        fitted on :meth:`fake_logit` serves both head shapes.
+        """
+        if self.temperature != 1.0:  # skipped at 1.0 so uncalibrated scores stay bit-identical
+            logits = logits.float() / self.temperature
         if self.num_classes == 1:
             return torch.sigmoid(logits[:, 0].float())
         return torch.softmax(logits.float(), dim=1)[:, self.fake_index]

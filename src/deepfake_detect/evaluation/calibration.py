@@ -1,0 +1,358 @@
+"""Temperature scaling and threshold selection on validation data (``deepfake-detect calibrate``).
+
+A detector's fake logit z (``Detector.fake_logit``: the single logit, or l_fake - l_real for two)
+gives P(fake) = sigmoid(z). Temperature scaling replaces that with sigmoid(z / T), with one T > 0
+fitted to minimise the negative log-likelihood on held-out data (Guo et al., 2017). It changes
+no ranking (AUC, EER, AP stay), only how far scores sit from 0 and 1. T is stored in the
+checkpoint meta as ``temperature`` and ``Detector.probabilities`` applies it, so predict and
+evaluate use it without options. The test split is never used: fitting on it would leak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error
+from deepfake_detect.evaluation.thresholds import choose_threshold
+
+# T is searched in this range: beyond it the scores are all ~0.5 or all saturated, which only
+# happens with degenerate validation data (e.g. perfectly separated, where NLL keeps falling).
+T_MIN, T_MAX = 1e-2, 1e2
+CALIBRATION_SPLITS = ("auto", "val", "all")
+THRESHOLD_CHOICES = ("eer", "max_acc", "max_f1", "max_macro_f1", "fpr", "keep")
+
+
+def _logits_labels(fake_logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(
+        fake_logits.detach().cpu().numpy() if hasattr(fake_logits, "detach") else fake_logits,
+        dtype=np.float64,
+    ).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if z.shape != y.shape:
+        raise DataError(f"fake logits and labels differ in length: {z.size} vs {y.size}")
+    if z.size == 0:
+        raise DataError("no samples to calibrate on: fake logits and labels are empty")
+    if not np.all(np.isfinite(z)):
+        raise DataError(f"fake logits contain {int(np.sum(~np.isfinite(z)))} NaN/inf values")
+    if not np.all((y == 0) | (y == 1)):
+        raise DataError("labels must be 0 (real) or 1 (fake)")
+    return z, y
+
+
+def binary_nll(fake_logits: Any, labels: Any, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the labels under P(fake) = sigmoid(z / temperature).
+
+    Computed from logits (log(1 + e^x) - y x), so saturated scores do not give inf.
+    """
+    z, y = _logits_labels(fake_logits, labels)
+    x = z / float(temperature)
+    return float(np.mean(np.logaddexp(0.0, x) - y * x))
+
+
+def scaled_probabilities(fake_logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """P(fake) = sigmoid(z / temperature) in float64."""
+    z = np.asarray(fake_logits, dtype=np.float64).reshape(-1) / float(temperature)
+    # sigmoid through exp(-logaddexp) stays exact near 0 and 1 and never overflows
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def fit_temperature(fake_logits: Any, labels: Any) -> float:
+    """The T in [T_MIN, T_MAX] minimising the NLL of sigmoid(z / T) on (fake_logits, labels).
+
+    With a = 1 / T the NLL is convex in a (the logit is linear in a), so its derivative
+    mean(z * (sigmoid(a z) - y)) is increasing and a bisection on it finds the unique optimum,
+    deterministically and without an optimiser's step-size settings. Needs both classes; when
+    the optimum lies outside the range (separable or anti-correlated scores) the nearest bound
+    is returned.
+    """
+    z, y = _logits_labels(fake_logits, labels)
+    n_fake = int(y.sum())
+    if n_fake == 0 or n_fake == y.size:
+        only = "real" if n_fake == 0 else "fake"
+        raise DataError(
+            f"temperature scaling needs validation data with both real and fake samples, got "
+            f"only {only} ({y.size}); add the other class to the calibration data"
+        )
+
+    def slope(a: float) -> float:
+        return float(np.mean(z * (scaled_probabilities(z, 1.0 / a) - y)))
+
+    lo, hi = 1.0 / T_MAX, 1.0 / T_MIN
+    if slope(lo) >= 0.0:
+        return T_MAX
+    if slope(hi) <= 0.0:
+        return T_MIN
+    # bisect in log a: the range spans four decades
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(80):
+        mid = (log_lo + log_hi) / 2.0
+        if slope(math.exp(mid)) < 0.0:
+            log_lo = mid
+        else:
+            log_hi = mid
+    return float(1.0 / math.exp((log_lo + log_hi) / 2.0))
+
+
+def calibration_report(fake_logits: Any, labels: Any, temperature: float) -> dict[str, float]:
+    """nll, ece (15 bins) and brier of sigmoid(z / temperature) against the labels."""
+    z, y = _logits_labels(fake_logits, labels)
+    p = scaled_probabilities(z, temperature)
+    return {
+        "nll": binary_nll(z, y, temperature),
+        "ece": expected_calibration_error(y, p),
+        "brier": brier_score(y, p),
+    }
+
+
+def calibrated_threshold(
+    fake_logits: Any,
+    labels: Any,
+    temperature: float,
+    strategy: str = "eer",
+    target_fpr: float = 0.01,
+    old_threshold: float = 0.5,
+    old_temperature: float = 1.0,
+) -> float:
+    """Threshold on the calibrated scores sigmoid(z / temperature) for `strategy`.
+
+    ``keep`` keeps the old decisions: the old threshold on sigmoid(z / old_temperature) moved to
+    the new scale (temperature scaling is monotone, so the same samples are called fake).
+    ``fpr`` uses `target_fpr`; the rest are those of :func:`choose_threshold`.
+    """
+    if strategy not in THRESHOLD_CHOICES:
+        raise ConfigError(
+            f"threshold strategy {strategy!r}: choose one of {', '.join(THRESHOLD_CHOICES)}"
+        )
+    if strategy == "keep":
+        t = min(max(float(old_threshold), 1e-12), 1.0 - 1e-12)
+        logit = math.log(t) - math.log1p(-t)
+        return float(scaled_probabilities([logit * old_temperature], temperature)[0])
+    z, y = _logits_labels(fake_logits, labels)
+    value = target_fpr if strategy == "fpr" else 0.5
+    scores = scaled_probabilities(z, temperature)
+    return choose_threshold(y.astype(np.int64), scores, strategy, value)
+
+
+def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -> list[Any]:
+    """The samples to calibrate on: ``val``, ``all``, or ``auto`` (val when the dataset has a
+    val split; every sample when it has no splits at all). The test split is refused."""
+    if split == "test":
+        raise DataError(
+            "--split test: calibration fits the temperature and threshold to the data it sees, "
+            "so fitting on the test split would leak it into the test results; calibrate on "
+            "validation data (--split val, or a separate --data folder) and keep test for evaluate"
+        )
+    if split not in CALIBRATION_SPLITS:
+        raise DataError(f"--split {split!r}: choose one of {', '.join(CALIBRATION_SPLITS)}")
+    if split == "auto":
+        if not any(s.split for s in samples):
+            return list(samples)
+        if not any(s.split == "val" for s in samples):
+            found = sorted({s.split or "none" for s in samples})
+            raise DataError(
+                f"{dataset}: has splits ({', '.join(found)}) but no 'val' split; --split auto "
+                "will not fall back to train or test data. Pass a validation folder, or --split "
+                "all to use every sample on purpose"
+            )
+        split = "val"
+    from deepfake_detect.evaluation.runner import select_split
+
+    return select_split(samples, split, dataset)
+    val = [s for s in samples if s.split == "val"]
+    if split == "val" or val:
+        if not val:
+            found = sorted({s.split or "none" for s in samples})
+            raise DataError(
+                f"{dataset}: no samples in split 'val' (splits found: {', '.join(found)}); "
+                "pass a validation folder, or --split all to use every sample"
+            )
+        return val
+    if any(s.split for s in samples):
+        found = sorted({s.split or "none" for s in samples})
+        raise DataError(
+            f"{dataset}: has splits ({', '.join(found)}) but no 'val' split; --split auto will "
+            "not fall back to train or test data. Pass a validation folder, or --split all to "
+            "use every sample on purpose"
+        )
+    return list(samples)
+
+
+def score_fake_logits(
+    detector: Any,
+    samples: Sequence[Any],
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fake logits, labels) of the samples that could be scored.
+
+    A video detector gives one value per video: the mean fake logit over its clips (the scores
+    evaluate reports average probabilities instead, so the fit is an approximation there).
+    """
+    from deepfake_detect.inference.clips import is_sequence_detector, score_videos
+    from deepfake_detect.inference.scoring import score_files
+
+    def fake_logits(logits):
+        return detector.fake_logit(logits.float())
+
+    if is_sequence_detector(detector):
+        result = score_videos(
+            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
+            progress=progress, description="calibrating", output=fake_logits,
+        )
+        labels = np.array([v.label for v in result.videos], dtype=np.int64)
+    else:
+        result = score_files(
+            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
+            progress=progress, description="calibrating", output=fake_logits,
+        )
+        labels = np.array([s.label for s in samples], dtype=np.int64)
+    ok = result.ok
+    if not ok.any():
+        raise DataError(f"none of the {ok.size} calibration inputs could be scored")
+    return result.scores[ok], labels[ok]
+
+
+@dataclass
+class CalibrationResult:
+    """What ``calibrate`` fitted and how the validation scores changed."""
+
+    checkpoint: str
+    out: str
+    data: list[str]
+    split: str
+    n: int
+    n_real: int
+    n_fake: int
+    temperature_before: float
+    temperature: float
+    threshold_before: float
+    threshold: float
+    threshold_strategy: str
+    target_fpr: float | None
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        """The ``calibration`` entry of the checkpoint meta."""
+        return {
+            "data": self.data, "split": self.split, "n": self.n,
+            **{f"{k}_before": v for k, v in self.before.items()},
+            **{f"{k}_after": v for k, v in self.after.items()},
+            "threshold_strategy": self.threshold_strategy, "target_fpr": self.target_fpr,
+            "notes": self.notes,
+        }
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(quantity, before, after) rows for printing."""
+        rows = [("temperature", f"{self.temperature_before:.4g}", f"{self.temperature:.4g}"),
+                ("threshold", f"{self.threshold_before:.4g}", f"{self.threshold:.4g}")]
+        for key in ("nll", "ece", "brier"):
+            rows.append((key, f"{self.before[key]:.4f}", f"{self.after[key]:.4f}"))
+        return rows
+
+
+def calibrate_checkpoint(
+    checkpoint: str | Path,
+    data: Sequence[str | Path],
+    out: str | Path,
+    split: str = "auto",
+    threshold_strategy: str = "eer",
+    target_fpr: float = 0.01,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    config: str | Path | None = None,
+) -> CalibrationResult:
+    """Fit temperature scaling and a threshold on validation data; write a new checkpoint.
+
+    ``out`` (a ``.safetensors``) gets the detector with meta ``temperature``, ``threshold`` and
+    ``calibration``; ``calibration.json`` beside it holds the same figures. The samples of all
+    ``data`` paths are pooled: one temperature per model. With ``config`` the checkpoint may be
+    any weights file that detector reads (as in evaluate).
+    """
+    from deepfake_detect.data.dataset_videos import gather_samples
+    from deepfake_detect.evaluation.runner import _faces_cache
+    from deepfake_detect.inference.media import prepare_settings
+    from deepfake_detect.models.checkpoint import export_safetensors, load_detector
+
+    if threshold_strategy not in THRESHOLD_CHOICES:
+        raise ConfigError(
+            f"--threshold-strategy {threshold_strategy!r}: choose one of "
+            f"{', '.join(THRESHOLD_CHOICES)}"
+        )
+    if not 0.0 <= target_fpr < 1.0:
+        raise ConfigError(f"--target-fpr {target_fpr}: must lie in [0, 1), e.g. 0.01 for 1%")
+    if split == "test" or split not in CALIBRATION_SPLITS:
+        select_calibration_split([], split, "")  # raises with the explanation
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out}: the calibrated checkpoint must be a .safetensors file")
+    if not data:
+        raise DataError("give at least one --data folder or CSV with validation samples")
+
+    detector = load_detector(checkpoint, config)
+    old_t = float(detector.temperature)
+    old_threshold = float(detector.threshold)
+    chosen: list[Any] = []
+    # Videos in dataset folders are cut into faces the way the model was trained, reusing the
+    # training run's crops when they are there (as evaluate does).
+    experiment = detector.checkpoint_meta.get("experiment") or {}
+    faces_cache, cache_root = _faces_cache(experiment, out.parent)
+    for path in data:
+        gathered = gather_samples(
+            [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
+            cache_root=cache_root, progress=progress,
+        )
+        samples = gathered.samples
+        name = samples[0].dataset if samples else Path(path).stem
+        if not samples:
+            raise DataError(f"{path}: no labelled samples found to calibrate on")
+        chosen += select_calibration_split(samples, split, name)
+    if any(s.label not in (0, 1) for s in chosen):
+        raise DataError("calibration needs labelled samples (real/fake folders or a label column)")
+
+    z, y = score_fake_logits(detector, chosen, batch_size, num_workers, device, progress)
+    new_t = fit_temperature(z, y)
+    threshold = calibrated_threshold(
+        z, y, new_t, threshold_strategy, target_fpr, old_threshold=old_threshold,
+        old_temperature=old_t,
+    )
+    notes = []
+    if new_t in (T_MIN, T_MAX):
+        # At a bound the NLL had no interior minimum: perfectly separated (T_MIN) or inverted
+        # (T_MAX) validation scores. The scores written would be near 0/1 or near 0.5 for all.
+        notes.append(
+            f"the temperature hit its bound {new_t:g}: the validation scores are "
+            + ("perfectly separated, so the NLL keeps falling as scores saturate"
+               if new_t == T_MIN else "ranked the wrong way round")
+            + "; calibrate on more (or harder) validation data for a meaningful temperature"
+        )
+    result = CalibrationResult(
+        checkpoint=str(checkpoint), out=str(out), data=[str(d) for d in data], split=split,
+        n=int(y.size), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1)),
+        temperature_before=old_t, temperature=new_t, threshold_before=old_threshold,
+        threshold=threshold, threshold_strategy=threshold_strategy,
+        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
+        before=calibration_report(z, y, old_t), after=calibration_report(z, y, new_t),
+        notes=notes,
+    )
+    meta = dict(detector.checkpoint_meta)
+    meta.update(temperature=new_t, threshold=threshold, calibration=result.meta())
+    detector.temperature = new_t
+    detector.threshold = threshold
+    detector.checkpoint_meta = meta
+    export_safetensors(detector, out, meta)
+    (out.parent / "calibration.json").write_text(json.dumps(asdict(result), indent=2), "utf-8")
+    return result
