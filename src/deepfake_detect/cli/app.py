@@ -57,6 +57,15 @@ Threshold = Annotated[
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 Workers = Annotated[int | None, typer.Option(help="Data loading workers (default: CPU count, max 8).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")]
+TTA = Annotated[str | None, typer.Option(
+    "--tta", metavar="SPEC",
+    help="Test-time augmentation: mean P(fake) over views, comma-separated: hflip, scale:S "
+    "(e.g. scale:0.9), five_crop[:F] (corners + centre, F=0.875); 'default' = identity + hflip "
+    "(identity is always used). Face-crop images only.")]
+MCDropout = Annotated[int, typer.Option(
+    "--mc-dropout", metavar="N", min=0,
+    help="Monte-Carlo dropout: N >= 2 passes with dropout on; mean and score_std per input "
+    "(needs a model with dropout, e.g. model.drop_rate). Face-crop images only.")]
 
 
 def _examples(*lines: str) -> str:
@@ -130,6 +139,8 @@ def train(
         "deepfake-detect evaluate --checkpoint runs/x1/checkpoints/best.ckpt --data /data/celeb-df",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data a/ --data b.csv --split all",
         "deepfake-detect evaluate -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --data cdf/ --data dfdc/",
+        "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --tta hflip,scale:0.9,scale:1.1",
+        "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --mc-dropout 8",
     )
 )
 def evaluate(
@@ -144,6 +155,8 @@ def evaluate(
     device: Device = "auto",
     plots: Annotated[bool, typer.Option(help="Write ROC, PR, confusion and histogram PNGs.")] = True,
     config: ModelYaml = None,
+    tta: TTA = None,
+    mc_dropout: MCDropout = 0,
 ) -> None:
     """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots."""
     from deepfake_detect.evaluation.runner import evaluate_checkpoint
@@ -153,7 +166,7 @@ def evaluate(
     results = evaluate_checkpoint(
         checkpoint, data, out_dir, split=split, threshold=threshold,
         video_aggregation=video_aggregation, batch_size=batch_size, num_workers=workers,
-        device=device, plots=plots, config=config,
+        device=device, plots=plots, config=config, tta=tta, mc_dropout=mc_dropout,
     )
     _print_metrics(results)
     console.print(f"results: {out_dir}")
@@ -167,6 +180,8 @@ def evaluate(
         "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth faces/",
         "deepfake-detect predict --checkpoint runs/f1/model.safetensors test/ --format submission --out submission.csv",
         "deepfake-detect predict --checkpoint runs/ds/model.safetensors --video-dir faces/clip_007 clip_008.mp4",
+        "deepfake-detect predict --checkpoint best.ckpt faces/ --tta default --out preds.csv",
+        "deepfake-detect predict --checkpoint best.ckpt faces/ --mc-dropout 8 --out preds.csv",
     )
 )
 def predict(
@@ -196,6 +211,8 @@ def predict(
         typer.Option(help="A folder of one video's face-crop frames, scored as one video by a "
                      "video detector (dual_stream); repeatable."),
     ] = None,
+    tta: TTA = None,
+    mc_dropout: MCDropout = 0,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
@@ -224,6 +241,10 @@ def predict(
     chosen = detector.threshold if threshold is None else threshold
     faces: list = []
     if is_sequence_detector(detector):
+        if tta or mc_dropout:
+            raise typer.BadParameter(
+                f"--tta / --mc-dropout: not supported for the video detector {detector.config.name!r}"
+            )
         rows = predict_videos(
             detector, inputs or [], video_dir or [], threshold=chosen, batch_size=batch_size,
             num_workers=workers, device=device,
@@ -237,6 +258,7 @@ def predict(
         rows = predict_files(
             detector, inputs, threshold=chosen, batch_size=batch_size, num_workers=workers,
             device=device, detect_faces=detect_faces, aggregation=aggregation, per_face=faces,
+            tta=tta, mc_dropout=mc_dropout,
         )
     if output_format == "submission":
         failed_rows = write_submission(rows, out or sys.stdout, fail_label)

@@ -27,7 +27,8 @@ class AugmentConfig(Strict):
     Applied in this order on uint8 images: crop/resize, hflip, rotation, blur,
     brightness/contrast, color_jitter, color_shift, randaugment (torchvision's
     ``v2.RandAugment`` on uint8), noise, downup, jpeg, cutout; random erasing comes after
-    normalisation. The frames of a clip all get the same draw.
+    normalisation. The frames of a clip all get the same draw. Mixup / cutmix mix whole
+    training batches on the device; the loss takes the mixed (soft) targets.
     """
 
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
@@ -81,6 +82,21 @@ class AugmentConfig(Strict):
         (0.25, 0.75), description="range of the downscale factor drawn uniformly, in (0, 1]"
     )
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of random erasing")
+    mixup_alpha: float = Field(
+        0.0, ge=0, description="mixup Beta(alpha, alpha) on training batches (timm Mixup); 0: off"
+    )
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="cutmix Beta(alpha, alpha) on training batches (timm Mixup); 0: off"
+    )
+    mixup_prob: float = Field(
+        1.0, ge=0, le=1, description="probability that a batch is mixed (mixup or cutmix)"
+    )
+    mixup_switch_prob: float = Field(
+        0.5, ge=0, le=1, description="with both on: probability of cutmix instead of mixup"
+    )
+    mixup_mode: Literal["batch", "pair", "elem"] = Field(
+        "batch", description="one mixing factor per batch, per pair or per sample (timm)"
+    )
     cutout: float = Field(
         0.0, ge=0, le=1, description="probability of one black square hole (uint8, after jpeg)"
     )

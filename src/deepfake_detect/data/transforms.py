@@ -63,6 +63,28 @@ def augment_is_random(augment: AugmentConfig | None) -> bool:
         return False
     return bool(
         augment.scale is not None or _pixel_augmentations(augment) or augment.random_erasing > 0
+        or mixes_batches(augment)
+    )
+
+
+def mixes_batches(augment: AugmentConfig | None) -> bool:
+    """Whether training batches are mixed (mixup / cutmix)."""
+    return augment is not None and augment.mixup_prob > 0 and (
+        augment.mixup_alpha > 0 or augment.cutmix_alpha > 0
+    )
+
+
+def build_mixup(augment: AugmentConfig | None):
+    """timm's ``Mixup`` for ``data.augment`` (None when off). Targets come back as ``(B, 2)``
+    class masses in label order (real, fake), unsmoothed: the loss smooths them itself."""
+    if not mixes_batches(augment):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha,
+        prob=augment.mixup_prob, switch_prob=augment.mixup_switch_prob,
+        mode=augment.mixup_mode, label_smoothing=0.0, num_classes=2,
     )
 
 

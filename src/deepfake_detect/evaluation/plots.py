@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
 from deepfake_detect.errors import DataError
@@ -55,15 +57,20 @@ def _both_classes(y: np.ndarray, what: str, path: str | Path) -> bool:
     return False
 
 
-def plot_roc(labels: Any, scores: Any, path: str | Path, title: str = "ROC curve") -> Path | None:
-    """ROC curve with AUC and the EER point; None (nothing written) with only one class."""
-    y, s = check_inputs(labels, scores)
-    if not _both_classes(y, "ROC", path):
-        return None
+def _note(ax: Axes, text: str, title: str) -> None:
+    """An empty panel that says why it is empty (e.g. a curve that needs both classes)."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey",
+            wrap=True)
+    ax.set(xticks=[], yticks=[], title=title)
+
+
+def _draw_roc(ax: Axes, y: np.ndarray, s: np.ndarray, title: str) -> None:
+    """ROC curve with AUC and the EER point; a note in the panel when one class is missing."""
+    if not 0 < int(y.sum()) < y.size:
+        _note(ax, "ROC needs real and fake samples\n(only one class here)", title)
+        return
     fpr, tpr, _ = roc_curve(y, s)
     eer, idx, _ = eer_point(y, s)
-    fig = Figure(figsize=_FIGSIZE)
-    ax = fig.add_subplot()
     ax.plot(fpr, tpr, color=_FAKE_COLOR, lw=2, label=f"AUC = {roc_auc(y, s):.4f}")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
     ax.plot(fpr[idx], tpr[idx], "ko", label=f"EER = {eer:.4f}")
@@ -71,6 +78,101 @@ def plot_roc(labels: Any, scores: Any, path: str | Path, title: str = "ROC curve
            ylabel="True positive rate (fake detected)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def _draw_pr(ax: Axes, y: np.ndarray, s: np.ndarray, title: str) -> None:
+    """Precision-recall curve of the fake class with AP; a note when one class is missing."""
+    if not 0 < int(y.sum()) < y.size:
+        _note(ax, "Precision-recall needs real and fake\nsamples (only one class here)", title)
+        return
+    precision, recall, _ = precision_recall_curve(y, s)
+    ax.step(recall, precision, where="post", color=_FAKE_COLOR, lw=2,
+            label=f"AP = {average_precision(y, s):.4f}")
+    ax.axhline(y.mean(), color="grey", lw=1, ls="--", label=f"fake share = {y.mean():.3f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="Recall (fake)",
+           ylabel="Precision (fake)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+
+
+def _confusion_array(confusion: Sequence[Sequence[int]]) -> np.ndarray:
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.shape != (2, 2):
+        raise DataError(f"confusion matrix must be 2x2 [[TN, FP], [FN, TP]], got shape {cm.shape}")
+    return cm
+
+
+def _draw_confusion(ax: Axes, cm: np.ndarray, title: str) -> AxesImage:
+    """Counts and row percentages on a share-of-true-class colour scale; returns the image
+    so the caller may add a colorbar (the dashboard leaves it out to keep one axis per panel)."""
+    row_sums = cm.sum(axis=1, keepdims=True)
+    # an empty row (class absent) shows 0 % rather than dividing by zero
+    share = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks([0, 1], labels=["real", "fake"])
+    ax.set_yticks([0, 1], labels=["real", "fake"])
+    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    return image
+
+
+def _draw_score_histograms(
+    ax: Axes, y: np.ndarray, s: np.ndarray, threshold: float, title: str
+) -> None:
+    bins = np.linspace(0.0, 1.0, 41)
+    for cls, name, color in ((0, "real", _REAL_COLOR), (1, "fake", _FAKE_COLOR)):
+        part = s[y == cls]
+        if part.size:
+            ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{name} (n={part.size})")
+    ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold = {threshold:.3f}")
+    ax.set(xlim=(0.0, 1.0), xlabel="P(fake)", ylabel="Samples", title=title)
+    ax.legend(loc="best")
+
+
+def _draw_reliability(
+    ax: Axes, y: np.ndarray, s: np.ndarray, bins: int, title: str,
+    ax_count: Axes | None = None,
+) -> None:
+    """Observed fake share per bin against the diagonal. With ``ax_count`` the samples per bin
+    go into that axis; without it (the dashboard) they are written above the bars."""
+    curve = reliability_curve(y, s, bins)
+    edges, count = curve["edges"], curve["count"]
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    width = edges[1] - edges[0]
+    full = count > 0
+    ax.bar(centers[full], curve["frequency"][full], width=width * 0.95, color=_FAKE_COLOR,
+           alpha=0.7, edgecolor="black", lw=0.5, label="observed fake share")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    ax.plot(curve["confidence"][full], curve["frequency"][full], "ko", ms=4,
+            label="mean score in bin")
+    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="Share of fakes (accuracy)", title=title)
+    ax.grid(alpha=0.3)
+    ece = expected_calibration_error(y, s, bins)
+    ax.legend(loc="upper left", title=f"ECE = {ece:.4f}, Brier = {brier_score(y, s):.4f}",
+              fontsize="small")
+    if ax_count is None:
+        ax.set_xlabel("P(fake) (confidence)")
+        for x, f, n in zip(centers[full], curve["frequency"][full], count[full]):
+            ax.text(x, min(f, 0.93) + 0.01, str(int(n)), ha="center", va="bottom", fontsize=6)
+        return
+    ax_count.bar(centers, count, width=width * 0.95, color="tab:grey", edgecolor="black", lw=0.5)
+    for x, n in zip(centers[full], count[full]):
+        ax_count.text(x, n, str(int(n)), ha="center", va="bottom", fontsize=6)
+    ax_count.set(xlabel="P(fake) (confidence)", ylabel="Samples")
+    ax_count.set_ylim(0, max(1, int(count.max())) * 1.25)
+    ax_count.grid(alpha=0.3)
+
+
+def plot_roc(labels: Any, scores: Any, path: str | Path, title: str = "ROC curve") -> Path | None:
+    """ROC curve with AUC and the EER point; None (nothing written) with only one class."""
+    y, s = check_inputs(labels, scores)
+    if not _both_classes(y, "ROC", path):
+        return None
+    fig = Figure(figsize=_FIGSIZE)
+    _draw_roc(fig.add_subplot(), y, s, title)
     return _save(fig, path)
 
 
@@ -81,16 +183,8 @@ def plot_pr(
     y, s = check_inputs(labels, scores)
     if not _both_classes(y, "precision-recall", path):
         return None
-    precision, recall, _ = precision_recall_curve(y, s)
     fig = Figure(figsize=_FIGSIZE)
-    ax = fig.add_subplot()
-    ax.step(recall, precision, where="post", color=_FAKE_COLOR, lw=2,
-            label=f"AP = {average_precision(y, s):.4f}")
-    ax.axhline(y.mean(), color="grey", lw=1, ls="--", label=f"fake share = {y.mean():.3f}")
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="Recall (fake)",
-           ylabel="Precision (fake)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    _draw_pr(fig.add_subplot(), y, s, title)
     return _save(fig, path)
 
 
@@ -98,21 +192,10 @@ def plot_confusion(
     confusion: Sequence[Sequence[int]], path: str | Path, title: str = "Confusion matrix"
 ) -> Path:
     """2x2 matrix [[TN, FP], [FN, TP]] (rows true real/fake) with counts and row percentages."""
-    cm = np.asarray(confusion, dtype=np.int64)
-    if cm.shape != (2, 2):
-        raise DataError(f"confusion matrix must be 2x2 [[TN, FP], [FN, TP]], got shape {cm.shape}")
-    row_sums = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, row_sums, out=np.zeros(cm.shape), where=row_sums > 0)
+    cm = _confusion_array(confusion)
     fig = Figure(figsize=(4.5, 4.0))
     ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i in range(2):
-        for j in range(2):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks([0, 1], labels=["real", "fake"])
-    ax.set_yticks([0, 1], labels=["real", "fake"])
-    ax.set(xlabel="Predicted", ylabel="True", title=title)
+    image = _draw_confusion(ax, cm, title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     return _save(fig, path)
 
@@ -123,16 +206,8 @@ def plot_score_histograms(
 ) -> Path:
     """Histograms of P(fake) for real and fake samples, with the decision threshold marked."""
     y, s = check_inputs(labels, scores)
-    bins = np.linspace(0.0, 1.0, 41)
     fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.add_subplot()
-    for cls, name, color in ((0, "real", _REAL_COLOR), (1, "fake", _FAKE_COLOR)):
-        part = s[y == cls]
-        if part.size:
-            ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{name} (n={part.size})")
-    ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold = {threshold:.3f}")
-    ax.set(xlim=(0.0, 1.0), xlabel="P(fake)", ylabel="Samples", title=title)
-    ax.legend(loc="best")
+    _draw_score_histograms(fig.add_subplot(), y, s, threshold, title)
     return _save(fig, path)
 
 
@@ -147,29 +222,9 @@ def plot_reliability(
     it. The legend gives ECE (same bins) and the Brier score.
     """
     y, s = check_inputs(labels, scores)
-    curve = reliability_curve(y, s, bins)
-    edges, count = curve["edges"], curve["count"]
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    width = edges[1] - edges[0]
-    full = count > 0
     fig = Figure(figsize=(5.0, 6.0))
     ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
-    ax.bar(centers[full], curve["frequency"][full], width=width * 0.95, color=_FAKE_COLOR,
-           alpha=0.7, edgecolor="black", lw=0.5, label="observed fake share")
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
-    ax.plot(curve["confidence"][full], curve["frequency"][full], "ko", ms=4,
-            label="mean score in bin")
-    ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel="Share of fakes (accuracy)", title=title)
-    ax.grid(alpha=0.3)
-    ece = expected_calibration_error(y, s, bins)
-    ax.legend(loc="upper left", title=f"ECE = {ece:.4f}, Brier = {brier_score(y, s):.4f}",
-              fontsize="small")
-    ax_count.bar(centers, count, width=width * 0.95, color="tab:grey", edgecolor="black", lw=0.5)
-    for x, n in zip(centers[full], count[full]):
-        ax_count.text(x, n, str(int(n)), ha="center", va="bottom", fontsize=6)
-    ax_count.set(xlabel="P(fake) (confidence)", ylabel="Samples")
-    ax_count.set_ylim(0, max(1, int(count.max())) * 1.25)
-    ax_count.grid(alpha=0.3)
+    _draw_reliability(ax, y, s, bins, title, ax_count=ax_count)
     fig.tight_layout()
     return _save(fig, path)
 

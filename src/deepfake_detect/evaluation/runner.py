@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.errors import DataError
+from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.aggregation import aggregate_videos
+from deepfake_detect.evaluation.dashboard import plot_dashboard
+from deepfake_detect.evaluation.errors import error_analysis, error_counts
 from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
 from deepfake_detect.inference.clips import is_sequence_detector, score_videos
 from deepfake_detect.inference.scoring import score_files
+from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
 from deepfake_detect.models.detector import Detector
 
 SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
@@ -53,20 +56,34 @@ def evaluate_samples(
     progress: bool = True,
     name: str = "",
     left_out: Sequence[tuple[str, str]] = (),
+    error_examples: int = 16,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
 ) -> dict[str, Any]:
     """Score ``samples``, write ``metrics.json``, ``predictions.csv`` and plots into ``out_dir``.
 
     ``left_out`` are (path, reason) of inputs that never became samples (e.g. videos without a
-    face); they are counted with the files that could not be read."""
+    face); they are counted with the files that could not be read. With ``plots`` the folder
+    also gets ``dashboard.png`` and, unless ``error_examples`` is 0, ``errors.csv`` /
+    ``errors.png`` with that many most confident false positives and false negatives."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # tta (views averaged) and mc_dropout (passes; predictions.csv gets score_std) are
+    # recorded in metrics.json as "tta" (view names) and "mc_dropout"
+    tta = parse_tta(tta)
+    if is_sequence_detector(detector) and (tta or mc_dropout):
+        raise ConfigError(
+            f"{'--tta' if tta else '--mc-dropout'}: not supported for the video (sequence) "
+            f"detector {detector.config.name!r}; leave it out"
+        )
     if is_sequence_detector(detector):
         return _evaluate_videos(
             detector, samples, out_dir, threshold, batch_size, num_workers, device, plots,
-            progress, name, left_out,
+            progress, name, left_out, error_examples=error_examples,
         )
     result = score_files(
         detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-        progress=progress, description=f"evaluating {name}".strip(),
+        progress=progress, description=f"evaluating {name}".strip(), tta=tta,
+        mc_dropout=mc_dropout,
     )
     ok = result.ok
     kept = [s for s, good in zip(samples, ok) if good]
@@ -90,13 +107,18 @@ def evaluate_samples(
         "video": {**video, "n_videos": len(vids)},
         "skipped": len(skipped),
         "skipped_files": skipped,
+        "errors": {**error_counts(labels, scores, threshold), "level": "frame"},
+        "tta": tta.names if tta else None,
+        "mc_dropout": int(mc_dropout),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "video", "label", "score"])
-        for s, sc in zip(kept, scores):
-            writer.writerow([str(s.path), s.video, s.label, f"{sc:.6f}"])
+        stds = result.std[ok] if result.std is not None else None
+        writer.writerow(["path", "video", "label", "score"] + (["score_std"] if mc_dropout else []))
+        for i, (s, sc) in enumerate(zip(kept, scores)):
+            extra = [f"{stds[i]:.6f}"] if stds is not None else []
+            writer.writerow([str(s.path), s.video, s.label, f"{sc:.6f}", *extra])
     with open(out_dir / "video_predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["video", "label", "score"])
@@ -104,6 +126,10 @@ def evaluate_samples(
             writer.writerow([v, int(lab), f"{sc:.6f}"])
     if plots:
         save_evaluation_plots(labels, scores, threshold, out_dir)
+        _save_analysis(
+            out_dir, labels, scores, threshold, [str(s.path) for s in kept],
+            [s.video for s in kept], error_examples, name, video_scores=(vlabels, vscores),
+        )
     return metrics
 
 
@@ -119,6 +145,7 @@ def _evaluate_videos(
     progress: bool,
     name: str,
     left_out: Sequence[tuple[str, str]],
+    error_examples: int = 16,
 ) -> dict[str, Any]:
     """A sequence detector scores whole videos (mean over evenly spaced clips): video-level
     metrics only, and ``predictions.csv`` has one row per video."""
@@ -148,6 +175,7 @@ def _evaluate_videos(
         "videos_not_scored": failed,
         "skipped": len(skipped),
         "skipped_files": skipped,
+        "errors": {**error_counts(labels, scores, threshold), "level": "video"},
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
@@ -158,7 +186,26 @@ def _evaluate_videos(
             writer.writerow([v.video, v.label, score, int(n), len(v.frames)])
     if plots:
         save_evaluation_plots(labels, scores, threshold, out_dir)
+        # no per-image paths: a video is shown by its first frame
+        _save_analysis(
+            out_dir, labels, scores, threshold,
+            [str(v.frames[0]) if v.frames else "" for v in kept], [v.video for v in kept],
+            error_examples, name,
+        )
     return metrics
+
+
+def _save_analysis(
+    out_dir: Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
+    paths: Sequence[str], videos: Sequence[str], error_examples: int, name: str,
+    video_scores: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """``dashboard.png`` and (``error_examples`` > 0) ``errors.csv`` / ``errors.png``;
+    ``video_scores`` (labels, aggregated scores per video) feed the dashboard's score strip."""
+    plot_dashboard(labels, scores, threshold, out_dir / "dashboard.png", videos=video_scores,
+                   title=name)
+    if error_examples > 0:
+        error_analysis(paths, labels, scores, threshold, out_dir, n=error_examples, videos=videos)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
@@ -201,6 +248,8 @@ def evaluate_checkpoint(
     plots: bool = True,
     progress: bool = True,
     config: str | Path | None = None,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset.
 
@@ -216,6 +265,16 @@ def evaluate_checkpoint(
     if split not in SPLIT_CHOICES:
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     detector = load_detector(checkpoint, config)
+    # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
+    # fails before any work
+    tta = parse_tta(tta)
+    if (tta or mc_dropout) and is_sequence_detector(detector):
+        raise ConfigError(
+            f"{'--tta' if tta else '--mc-dropout'}: not supported for the video (sequence) "
+            f"detector {detector.config.name!r}; leave it out"
+        )
+    if mc_dropout:
+        check_mc_dropout(detector, mc_dropout)
     meta = detector.checkpoint_meta
     chosen_threshold = detector.threshold if threshold is None else threshold
     aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(
@@ -250,7 +309,7 @@ def evaluate_checkpoint(
             detector, chosen, out_dir / name, threshold=chosen_threshold,
             video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
             device=device, plots=plots, progress=progress, name=name,
-            left_out=left_out,
+            left_out=left_out, tta=tta, mc_dropout=mc_dropout,
         )
     summary = {
         name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},

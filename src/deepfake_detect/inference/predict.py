@@ -19,8 +19,10 @@ import numpy as np
 from deepfake_detect.data.media import MEDIA_EXTENSIONS
 from deepfake_detect.data.sources import is_image_file
 from deepfake_detect.data.video import is_video_file
+from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import predict_labels
 from deepfake_detect.inference.scoring import score_files
+from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 
 
@@ -32,6 +34,7 @@ class Prediction:
     error: str = ""
     frames: int = 0  # frames (1 for a photo) looked at
     faces: int = 0  # faces scored
+    score_std: float | None = None  # with --mc-dropout: std of P(fake) over the passes
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
@@ -65,24 +68,39 @@ def predict_files(
     detect_faces: bool = False,
     aggregation: str = "mean",
     per_face: list | None = None,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
 ) -> list[Prediction]:
-    """Score every input; ``per_face`` (a list) receives per-face rows of media files."""
+    """Score every input; ``per_face`` (a list) receives per-face rows of media files.
+
+    ``tta`` / ``mc_dropout`` (see :func:`score_files`) apply to face-crop images only; videos
+    and photos that need face detection are refused with them (:class:`ConfigError`).
+    """
     files, rows = collect_inputs(inputs)
     crops = [p for p in files if not is_video_file(p) and not detect_faces and is_image_file(p)]
     crop_set = set(crops)
     media = [p for p in files if p not in crop_set]
+    if media and (tta or mc_dropout):
+        flag = "--tta" if tta else "--mc-dropout"
+        raise ConfigError(
+            f"{flag} applies to face-crop images only, not to videos or --detect-faces photos "
+            f"(e.g. {media[0]}): cut the faces first with `deepfake-detect prepare` and predict "
+            f"on the crops, or leave out {flag}"
+        )
     by_file: dict[Path, Prediction] = {}
     if crops:
         result = score_files(
             detector, crops, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description="predicting",
+            progress=progress, description="predicting", tta=tta, mc_dropout=mc_dropout,
         )
         labels = predict_labels(result.scores, threshold)
         for i, path in enumerate(crops):
             if i in result.errors:
                 by_file[path] = Prediction(str(path), None, None, result.errors[i])
             else:
-                by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "", 1, 1)
+                std = None if result.std is None else float(result.std[i])
+                by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "",
+                                           1, 1, std)
     if media:
         from deepfake_detect.inference.media import MediaScorer, score_media
 
@@ -169,19 +187,34 @@ def _crops_of(manifest: Path) -> list:
 _COLUMNS = ["filename", "label", "score", "frames", "faces", "error"]
 
 
+def _has_std(rows: Sequence[Prediction]) -> bool:
+    return any(r.score_std is not None for r in rows)
+
+
 def _write_csv(rows: Sequence[Prediction], fh: TextIO) -> None:
+    # score_std only with --mc-dropout, so that the default columns stay as they are
+    with_std = _has_std(rows)
     writer = csv.writer(fh)
-    writer.writerow(_COLUMNS)
+    writer.writerow(_COLUMNS + (["score_std"] if with_std else []))
     for r in rows:
         score = "" if r.score is None else f"{r.score:.6f}"
         label = "" if r.label is None else r.label
-        writer.writerow([r.filename, label, score, r.frames, r.faces, r.error])
+        row = [r.filename, label, score, r.frames, r.faces, r.error]
+        if with_std:
+            row.append("" if r.score_std is None else f"{r.score_std:.6f}")
+        writer.writerow(row)
+
+
+def _as_json(rows: Sequence[Prediction]) -> list[dict]:
+    with_std = _has_std(rows)
+    return [{k: v for k, v in asdict(r).items() if with_std or k != "score_std"} for r in rows]
 
 
 def write_predictions(
     rows: Sequence[Prediction], csv_out: Path | TextIO | None, json_path: Path | None = None
 ) -> None:
-    """CSV ``filename,label,score,frames,faces,error`` to a file or stream, optionally JSON."""
+    """CSV ``filename,label,score,frames,faces,error`` (``,score_std`` when any row has one,
+    i.e. with Monte-Carlo dropout) to a file or stream, optionally JSON."""
     if isinstance(csv_out, Path):
         csv_out.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_out, "w", newline="", encoding="utf-8") as fh:
@@ -190,7 +223,7 @@ def write_predictions(
         _write_csv(rows, csv_out)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2), "utf-8")
+        json_path.write_text(json.dumps(_as_json(rows), indent=2), "utf-8")
 
 
 def write_submission(

@@ -15,15 +15,27 @@ from torch.utils.data import DataLoader
 from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.transforms import build_transform
+from deepfake_detect.inference.tta import (
+    TTASpec,
+    check_mc_dropout,
+    mc_dropout_probabilities,
+    parse_tta,
+    tta_probabilities,
+)
 from deepfake_detect.models.detector import Detector
 
 
 @dataclass
 class Scores:
-    """P(fake) per input (NaN where the file could not be read) and the reason for each failure."""
+    """P(fake) per input (NaN where the file could not be read) and the reason for each failure.
+
+    ``std``: with Monte-Carlo dropout, the standard deviation of P(fake) over the passes per
+    input (NaN where not computed); None without it.
+    """
 
     scores: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
+    std: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -61,10 +73,17 @@ def score_files(
     progress: bool = True,
     description: str = "scoring",
     output: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
+    seed: int = 0,
 ) -> Scores:
     """Score image files in order; unreadable files get NaN and an error, the rest go on.
 
     ``output`` maps a batch of logits to the per-sample value kept (default P(fake)).
+    ``tta``: the mean over test-time views (:mod:`deepfake_detect.inference.tta`);
+    ``mc_dropout`` >= 2: the mean over that many passes with dropout on, and ``Scores.std``;
+    ``seed`` seeds those passes (each batch with ``seed`` + the index of its first input, so
+    scores are reproducible for the same inputs and batch size).
     """
     from rich.progress import Progress
 
@@ -86,6 +105,10 @@ def score_files(
     )
     scores = np.full(len(samples), np.nan, dtype=np.float64)
     errors: dict[int, str] = {}
+    std = np.full(len(samples), np.nan, dtype=np.float64) if mc_dropout else None
+    spec = parse_tta(tta)
+    if mc_dropout:
+        check_mc_dropout(detector, mc_dropout)  # before any file is read
     path_index = {str(s.path): i for i, s in enumerate(samples)}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(samples))
@@ -96,10 +119,19 @@ def score_files(
                 x = batch["image"].to(device, non_blocking=True)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
+                index = batch["index"].numpy()
                 with autocast_for(device):
-                    logits = detector(x)
-                values = (output or detector.probabilities)(logits.float())
-                probs = values.float().cpu().numpy()
-                scores[batch["index"].numpy()] = probs
+                    if mc_dropout:
+                        values, spread = mc_dropout_probabilities(
+                            detector, x, mc_dropout, spec, output, max_batch=batch_size,
+                            seed=seed + int(index[0]),
+                        )
+                        std[index] = spread.float().cpu().numpy()
+                    elif spec is not None:
+                        values = tta_probabilities(detector, x, spec, output, max_batch=batch_size)
+                    else:
+                        logits = detector(x)
+                        values = (output or detector.probabilities)(logits.float())
+                scores[index] = values.float().cpu().numpy()
             bar.advance(task, len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"])))
-    return Scores(scores=scores, errors=errors)
+    return Scores(scores=scores, errors=errors, std=std)

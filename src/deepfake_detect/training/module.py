@@ -16,6 +16,7 @@ import torch
 from deepfake_detect.config.schema import ExperimentConfig
 from deepfake_detect.data.clips import average_by_video
 from deepfake_detect.data.feature_cache import FeatureCache
+from deepfake_detect.data.transforms import build_mixup
 from deepfake_detect.evaluation.metrics import binary_metrics
 from deepfake_detect.evaluation.thresholds import choose_threshold
 from deepfake_detect.models.checkpoint import checkpoint_meta
@@ -43,6 +44,7 @@ class DetectorModule(L.LightningModule):
         super().__init__()
         self.model = detector
         self.feature_cache = feature_cache
+        self.mixup = build_mixup(config.data.augment)
         self.config = config
         self.criterion = build_loss(
             config.train.loss, detector.num_classes, detector.fake_index, class_weights
@@ -90,8 +92,14 @@ class DetectorModule(L.LightningModule):
         self._note_skipped(batch)
         if self._empty(batch):
             return None  # every file of this batch failed to load; they are counted
+        labels = batch["label"]
+        if self.mixup is not None and len(labels) % 2 == 0:  # timm mixes pairs: even batches
+            # The fake mass of each mixed image is its soft target (the loss is linear in it).
+            batch = {**batch, "image": self._images(batch)}
+            batch["image"], targets = self.mixup(batch["image"], labels)
+            labels = targets[:, 1].float()
         logits = self._logits(batch, "train")
-        loss = self.criterion(logits, batch["label"])
+        loss = self.criterion(logits, labels)
         n = len(batch["label"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         extra = self.model.regularization_loss()

@@ -158,6 +158,11 @@ def train(
         config.data, detector.preprocessing(), seed=config.seed,
         prepare=resolved.prepare, cache_root=config.output_dir,
     )
+    if data_cls is ClipDataModule and config.data.augment.cutmix_alpha > 0:
+        raise ConfigError(
+            "data.augment.cutmix_alpha: cutmix cuts boxes out of images, not clips; the video "
+            f"detector {model_cfg.name!r} takes mixup_alpha only (set cutmix_alpha: 0)"
+        )
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:
         _print(datamodule.summary())
