@@ -228,3 +228,20 @@ def test_evaluate_tta_records_the_views(dropout_run, tmp_path):
     bad = runner.invoke(app, ["evaluate", "--checkpoint", str(model), "--data", str(data),
                               "--out", str(tmp_path / "e2"), "--tta", "vflip"])
     assert bad.exit_code != 0 and "--tta" in str(bad.exception)
+
+
+def test_recipe_tta_is_used_after_training_and_by_evaluate(toy_dataset, tmp_path):
+    from deepfake_detect.evaluation.runner import evaluate_checkpoint
+    from deepfake_detect.training.runner import train
+
+    base = tiny_config(toy_dataset, tmp_path / "runs", epochs=1)
+    base["eval"] = {"tta": "hflip", "plots": False}
+    result = train(load_config(base=base), out=tmp_path / "run")
+    assert result.test_metrics["tta"] == ["identity", "hflip"]
+    metrics = evaluate_checkpoint(result.run_dir / "model.safetensors", [toy_dataset],
+                                  tmp_path / "eval", num_workers=0, progress=False, plots=False)
+    assert all(m["tta"] == ["identity", "hflip"] for m in metrics.values())
+    base["eval"]["tta"] = "vflip"
+    with pytest.raises(ConfigError, match="--tta"):
+        train(load_config(base=base), out=tmp_path / "bad")
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before training

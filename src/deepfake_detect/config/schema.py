@@ -281,6 +281,12 @@ class EvalConfig(Strict):
         "then mean; confident: the DFDC winners' confident strategy",
     )
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    tta: str | None = Field(
+        None,
+        description="test-time views averaged when evaluating (e.g. hflip, default, "
+        "hflip,scale:0.9,scale:1.1): the test split after training, and evaluate of the "
+        "checkpoint unless --tta is given; null: none",
+    )
     plots: bool = Field(True, description="write ROC/PR/confusion/histogram PNGs")
 
 

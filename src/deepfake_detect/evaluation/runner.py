@@ -266,7 +266,9 @@ def evaluate_checkpoint(
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     detector = load_detector(checkpoint, config)
     # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
-    # fails before any work
+    # fails before any work. Without --tta, the views the recipe evaluates with (eval.tta).
+    if tta is None:
+        tta = ((detector.checkpoint_meta.get("experiment") or {}).get("eval") or {}).get("tta")
     tta = parse_tta(tta)
     if (tta or mc_dropout) and is_sequence_detector(detector):
         raise ConfigError(

@@ -158,6 +158,13 @@ def train(
         config.data, detector.preprocessing(), seed=config.seed,
         prepare=resolved.prepare, cache_root=config.output_dir,
     )
+    if config.eval.tta is not None:  # a bad spec fails now, not after training
+        from deepfake_detect.inference.tta import parse_tta
+
+        parse_tta(config.eval.tta)
+        if data_cls is ClipDataModule:
+            raise ConfigError(f"eval.tta: test-time views apply to face-crop images, not to the "
+                              f"clips of the video detector {model_cfg.name!r}; set it to null")
     if data_cls is ClipDataModule and config.data.augment.cutmix_alpha > 0:
         raise ConfigError(
             "data.augment.cutmix_alpha: cutmix cuts boxes out of images, not clips; the video "
@@ -260,7 +267,7 @@ def train(
                 video_aggregation=config.eval.video_aggregation,
                 batch_size=config.data.eval_batch_size or config.data.batch_size,
                 num_workers=config.data.num_workers, plots=config.eval.plots,
-                progress=show_progress, name="test",
+                progress=show_progress, name="test", tta=config.eval.tta,
             )
             result.skipped.update({e["path"]: e["error"] for e in result.test_metrics["skipped_files"]})
     _write_report(run_dir, result, datamodule, tcfg.monitor, time.time() - started)
