@@ -238,6 +238,14 @@ def test_defaults_keep_the_previous_pipeline():
     ]
 
 
+def _step_names(tf) -> list[str]:
+    """Class names of a pipeline's steps, looking inside RandomApply wrappers."""
+    return [
+        type(t.transforms[0]).__name__ if isinstance(t, v2.RandomApply) else type(t).__name__
+        for t in tf.transforms
+    ]
+
+
 def test_full_pipeline_with_everything_on():
     aug = AugmentConfig(
         hflip=0.5, rotation=10, rotation_p=0.5, blur=0.5, blur_kernel=(3, 5), brightness=0.5,
@@ -245,10 +253,7 @@ def test_full_pipeline_with_everything_on():
         jpeg_quality=(60, 95), random_erasing=0.5, scale=(0.6, 1.0),
     )
     tf = build_transform(PRE, aug)
-    inner = [
-        type(t.transforms[0]).__name__ if isinstance(t, v2.RandomApply) else type(t).__name__
-        for t in tf.transforms
-    ]
+    inner = _step_names(tf)
     assert inner == [
         "ToImage", "RandomResizedCrop", "RandomHorizontalFlip", "RandomRotation",
         "RandomKernelGaussianBlur", "RandomBrightnessContrast", "ColorJitter", "JPEG",
@@ -375,10 +380,7 @@ def test_clip_transform_with_everything_on_is_the_same_in_every_frame():
 def test_full_pipeline_order_and_determinism_with_every_option():
     aug = AugmentConfig(**EVERYTHING)
     tf = build_transform(PRE, aug)
-    inner = [
-        type(t.transforms[0]).__name__ if isinstance(t, v2.RandomApply) else type(t).__name__
-        for t in tf.transforms
-    ]
+    inner = _step_names(tf)
     assert inner == [
         "ToImage", "RandomResizedCrop", "RandomHorizontalFlip", "RandomRotation",
         "RandomKernelGaussianBlur", "RandomBrightnessContrast", "ColorJitter", "RandomColorShift",

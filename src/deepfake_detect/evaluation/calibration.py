@@ -166,23 +166,6 @@ def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -
     from deepfake_detect.evaluation.runner import select_split
 
     return select_split(samples, split, dataset)
-    val = [s for s in samples if s.split == "val"]
-    if split == "val" or val:
-        if not val:
-            found = sorted({s.split or "none" for s in samples})
-            raise DataError(
-                f"{dataset}: no samples in split 'val' (splits found: {', '.join(found)}); "
-                "pass a validation folder, or --split all to use every sample"
-            )
-        return val
-    if any(s.split for s in samples):
-        found = sorted({s.split or "none" for s in samples})
-        raise DataError(
-            f"{dataset}: has splits ({', '.join(found)}) but no 'val' split; --split auto will "
-            "not fall back to train or test data. Pass a validation folder, or --split all to "
-            "use every sample on purpose"
-        )
-    return list(samples)
 
 
 def score_fake_logits(
