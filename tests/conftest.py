@@ -139,3 +139,13 @@ class BrightSquare(FaceDetector):
             box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
             out.append([Face(box=box, score=0.99)])
         return out
+
+
+# A dual_stream detector small enough for CPU tests (test_efficientnet: 0.1M parameters).
+TINY_DUAL_STREAM = {
+    "name": "dual_stream",
+    "hq": {"timm_name": "test_efficientnet", "size": 32},
+    "lq": {"timm_name": "test_efficientnet", "size": 16},
+    "convlstm_filters": [8, 4],
+    "classifier": [16, 8],
+}

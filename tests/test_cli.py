@@ -253,3 +253,35 @@ def test_augment_preview_writes_a_seeded_png_grid(tmp_path):
                                 "--samples", "3", "--views", "2", "--seed", "2", "--data", str(data)])
     assert other.exit_code == 0, other.output
     assert (tmp_path / "c.png").read_bytes() != pngs[0].read_bytes()
+
+
+def test_seed_flags_map_to_config_keys(tmp_path):
+    from deepfake_detect.config.flags import flag_overrides
+
+    base = tiny_config(tmp_path, tmp_path / "runs")
+    cfg = load_config(base=base)
+    got = flag_overrides(cfg, {"epochs": 30, "batch_size": 16, "use_mixup": True,
+                               "use_amp": False, "use_tta": True, "loss": "focal",
+                               "accumulation_steps": 4, "early_stopping": None})
+    assert set(got) == {"train.epochs=30", "data.batch_size=16", "data.augment.mixup_alpha=0.2",
+                        "data.augment.cutmix_alpha=1.0", "train.precision=32",
+                        "eval.tta=default", "train.loss.name=focal",
+                        "train.accumulate_grad_batches=4"}
+    # a recipe's own strengths and views are kept; off switches clear them
+    recipe = load_config(base=base, overrides=["data.augment.mixup_alpha=0.4", "eval.tta=hflip"])
+    assert flag_overrides(recipe, {"use_mixup": True, "use_tta": True}) == []
+    assert flag_overrides(recipe, {"use_mixup": False, "use_tta": False}) == [
+        "data.augment.mixup_alpha=0", "data.augment.cutmix_alpha=0", "eval.tta=null"]
+
+
+def test_train_accepts_seed_style_flags(tmp_path):
+    # underscores as the seed wrote them; each flag lands in the saved config
+    _, _, saved = _train_cli(tmp_path, "--use_mixup", "--batch_size", "4", "--lr", "0.002",
+                             "--no_amp", "--label_smoothing", "0.1", "--early_stopping", "3")
+    assert saved["data"]["batch_size"] == 4
+    assert saved["data"]["augment"]["mixup_alpha"] == 0.2
+    assert saved["data"]["augment"]["cutmix_alpha"] == 1.0
+    assert saved["train"]["optimizer"]["lr"] == 0.002
+    assert saved["train"]["precision"] == "32"
+    assert saved["train"]["loss"]["label_smoothing"] == 0.1
+    assert saved["train"]["early_stopping_patience"] == 3

@@ -25,15 +25,13 @@ from deepfake_detect.models.convlstm import ConvLSTM, ConvLSTMCell
 from deepfake_detect.models.dual_stream import AttentionFusion, DualStreamDetector
 from deepfake_detect.models.strategies import apply_strategy
 
-from conftest import REPO
+from conftest import REPO, TINY_DUAL_STREAM
 
 # test_efficientnet: a real EfficientNet (BatchNormAct, blocks, conv_head) of 0.1M parameters.
 TINY = {
-    "name": "dual_stream",
+    **TINY_DUAL_STREAM,
     "hq": {"timm_name": "test_efficientnet", "size": 64},
     "lq": {"timm_name": "test_efficientnet", "size": 32},
-    "convlstm_filters": [8, 4],
-    "classifier": [16, 8],
     "dropout": [0.5, 0.3],
 }
 

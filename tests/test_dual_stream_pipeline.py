@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config, write_face_like
+from conftest import TINY_DUAL_STREAM, tiny_config, write_face_like
 from typer.testing import CliRunner
 
 from deepfake_detect.cli import app
@@ -18,14 +18,7 @@ from deepfake_detect.evaluation.runner import evaluate_checkpoint
 from deepfake_detect.training.runner import train
 
 runner = CliRunner()
-MODEL = {
-    "name": "dual_stream",
-    "hq": {"timm_name": "test_efficientnet", "size": 32},
-    "lq": {"timm_name": "test_efficientnet", "size": 16},
-    "convlstm_filters": [8, 4],
-    "classifier": [16, 8],
-    "sequence": {"frames": 4, "stride": 2, "eval_clips": 2},
-}
+MODEL = {**TINY_DUAL_STREAM, "sequence": {"frames": 4, "stride": 2, "eval_clips": 2}}
 
 
 def video_folders(root, videos=8, frames=9, short=("real/v000",)):

@@ -14,7 +14,7 @@ from conftest import BrightSquare, square_frames, tiny_config, write_face_like, 
 from deepfake_detect.config import load_config
 from deepfake_detect.config.schema import DataConfig, PrepareConfig
 from deepfake_detect.data import FaceDataModule, build_eval_samples
-from deepfake_detect.data.faces.base import Face, FaceDetector
+from deepfake_detect.data.faces.base import FaceDetector
 from deepfake_detect.errors import DataError
 
 PRE = {"input_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}

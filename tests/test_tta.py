@@ -203,14 +203,20 @@ def test_predict_mc_dropout_writes_score_std(dropout_run, tmp_path):
     assert "score_std" not in plain.read_text().splitlines()[0]
 
 
-def test_predict_refuses_tta_on_videos(dropout_run, tmp_path):
+def test_predict_takes_tta_on_videos(dropout_run, tmp_path):
+    """Videos go through the face pipeline with --tta / --mc-dropout (formerly refused); an
+    unreadable one is an error row, not a failure, and a bad spec still fails."""
     model, _ = dropout_run
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"not really a video")
+    out = tmp_path / "p.csv"
     result = runner.invoke(app, ["predict", "--checkpoint", str(model), str(video),
-                                 "--tta", "hflip"])
-    assert result.exit_code != 0
-    assert "face-crop images only" in str(result.exception)
+                                 "--tta", "hflip", "--mc-dropout", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = list(csv.DictReader(open(out, newline="")))
+    assert row["error"].startswith("unreadable") and row["score"] == ""
+    bad = runner.invoke(app, ["predict", "--checkpoint", str(model), str(video), "--tta", "vflip"])
+    assert bad.exit_code != 0 and "--tta" in str(bad.exception)
 
 
 def test_evaluate_tta_records_the_views(dropout_run, tmp_path):

@@ -20,7 +20,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # The advanced trainer's flags are spelt with underscores (--use_mixup, --batch_size):
+    # every option accepts both spellings.
+    context_settings={"help_option_names": ["-h", "--help"],
+                      "token_normalize_func": lambda token: token.replace("_", "-")},
 )
 console = Console(stderr=True)
 out_console = Console()
@@ -46,6 +49,20 @@ Checkpoint = Annotated[
     typer.Option(help="A .ckpt or .safetensors written by train; with --config, any weights "
                  "file that model reads (e.g. an official release)."),
 ]
+Checkpoints = Annotated[
+    list[Path],
+    typer.Option("--checkpoint", help="A .ckpt or .safetensors written by train (with --config: any "
+                 "weights file that model reads). Repeat it to combine several checkpoints as an "
+                 "ensemble, or give one ensemble .yaml (written by calibrate)."),
+]
+EnsembleMethod = Annotated[str | None, typer.Option(
+    "--ensemble", metavar="METHOD",
+    help="How several checkpoints vote: soft (weighted mean of P(fake), default), hard (weighted "
+    "share of fake votes at each checkpoint's threshold) or logits (weighted mean fake logit).")]
+Weights = Annotated[str | None, typer.Option(
+    "--weights", metavar="W1,W2,..",
+    help="Ensemble weights, one per --checkpoint (normalised to sum 1; default equal; "
+    "calibrate fits them on validation data).")]
 ModelYaml = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML with the model section, to read a --checkpoint "
@@ -61,11 +78,15 @@ TTA = Annotated[str | None, typer.Option(
     "--tta", metavar="SPEC",
     help="Test-time augmentation: mean P(fake) over views, comma-separated: hflip, scale:S "
     "(e.g. scale:0.9), five_crop[:F] (corners + centre, F=0.875); 'default' = identity + hflip "
-    "(identity is always used). Face-crop images only.")]
+    "(identity is always used). Applies to face crops, the faces found in videos and photos, "
+    "and the clips of video detectors (every frame alike).")]
 MCDropout = Annotated[int, typer.Option(
     "--mc-dropout", metavar="N", min=0,
     help="Monte-Carlo dropout: N >= 2 passes with dropout on; mean and score_std per input "
-    "(needs a model with dropout, e.g. model.drop_rate). Face-crop images only.")]
+    "(needs a model with dropout, e.g. model.drop_rate); for a video, the spread of its score.")]
+
+
+_FLAGS = "Advanced-trainer flags (each sets the config key named; underscores work too)"
 
 
 def _examples(*lines: str) -> str:
@@ -98,6 +119,8 @@ def quickstart(
         "deepfake-detect train -c configs/xception.yaml --out runs/x1 --resume",
         "deepfake-detect train -c configs/fsfm.yaml --strategy peft_lora model.pretrained=fsfm/checkpoint-400.pth data.path=/data/faces",
         "deepfake-detect train -c configs/fsfm.yaml --strategy feature_extractor strategy.cache_features=true data.augment.hflip=0",
+        "deepfake-detect train -c configs/efficientnet_advanced.yaml --data /data/faces --use_mixup --use_amp --loss focal --scheduler cosine --epochs 30 --batch_size 16 --early_stopping 10",
+        "deepfake-detect train -c configs/swin_advanced.yaml --data /data/faces --use_tta --accumulation_steps 4",
     )
 )
 def train(
@@ -111,6 +134,21 @@ def train(
         str | None,
         typer.Option(help="fine_tuning, feature_extractor or peft_lora: the same as strategy.name=NAME."),
     ] = None,
+    data: Annotated[list[Path] | None, typer.Option(help="Dataset folder or CSV: data.path (repeatable).", rich_help_panel=_FLAGS)] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs", rich_help_panel=_FLAGS)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="data.batch_size", rich_help_panel=_FLAGS)] = None,
+    lr: Annotated[float | None, typer.Option(help="train.optimizer.lr", rich_help_panel=_FLAGS)] = None,
+    loss: Annotated[str | None, typer.Option(help="train.loss.name: ce, bce or focal", rich_help_panel=_FLAGS)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="train.loss.label_smoothing", rich_help_panel=_FLAGS)] = None,
+    scheduler: Annotated[str | None, typer.Option(help="train.scheduler.name: none, cosine, plateau, onecycle, step", rich_help_panel=_FLAGS)] = None,
+    accumulation_steps: Annotated[int | None, typer.Option(help="train.accumulate_grad_batches", rich_help_panel=_FLAGS)] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="train.early_stopping_patience", rich_help_panel=_FLAGS)] = None,
+    attention: Annotated[str | None, typer.Option(help="model.attention: none, se or cbam", rich_help_panel=_FLAGS)] = None,
+    use_mixup: Annotated[bool | None, typer.Option("--use-mixup/--no-mixup", help="mixup + cutmix on (the recipe's strengths, else data.augment.mixup_alpha=0.2, cutmix_alpha=1.0) or off", rich_help_panel=_FLAGS)] = None,
+    use_randaugment: Annotated[bool | None, typer.Option("--use-randaugment/--no-randaugment", help="data.augment.randaugment: the recipe's ops, else 2; or 0", rich_help_panel=_FLAGS)] = None,
+    use_amp: Annotated[bool | None, typer.Option("--use-amp/--no-amp", help="train.precision=auto (bf16/fp16 on a GPU) or 32", rich_help_panel=_FLAGS)] = None,
+    use_tta: Annotated[bool | None, typer.Option("--use-tta/--no-tta", help="eval.tta for the test split: the recipe's views, else default (identity + hflip); or none", rich_help_panel=_FLAGS)] = None,
+    use_mlflow: Annotated[bool | None, typer.Option("--use-mlflow/--no-mlflow", help="log.mlflow.enabled", rich_help_panel=_FLAGS)] = None,
 ) -> None:
     """Fine-tune a detector. Writes config, logs, checkpoints, metrics and plots to one run folder.
 
@@ -119,10 +157,23 @@ def train(
     (peft_lora, adapters also saved alone in <run>/adapter).
     """
     from deepfake_detect.config import load_config
+    from deepfake_detect.config.flags import flag_overrides
     from deepfake_detect.training.runner import train as run_train
 
     extra = [f"strategy.name={strategy}"] if strategy is not None else []
+    if data:
+        import json
+
+        extra.append("data.path=" + json.dumps([str(p) for p in data]))  # JSON is YAML
     cfg = load_config(config, [*(overrides or []), *extra])
+    flags = flag_overrides(cfg, dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, label_smoothing=label_smoothing,
+        scheduler=scheduler, accumulation_steps=accumulation_steps, early_stopping=early_stopping,
+        attention=attention, use_mixup=use_mixup, use_randaugment=use_randaugment,
+        use_amp=use_amp, use_tta=use_tta, use_mlflow=use_mlflow,
+    ))
+    if flags:
+        cfg = load_config(config, [*(overrides or []), *extra, *flags])
     result = run_train(cfg, out=out, resume=resume)
     if result.best_checkpoint is None:
         return
@@ -141,10 +192,12 @@ def train(
         "deepfake-detect evaluate -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --data cdf/ --data dfdc/",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --tta hflip,scale:0.9,scale:1.1",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --mc-dropout 8",
+        "deepfake-detect evaluate --checkpoint runs/b4/model.safetensors --checkpoint runs/swin/model.safetensors --weights 2,1 --data cdf/",
+        "deepfake-detect evaluate --checkpoint runs/ensemble.yaml --data cdf/ --data dfdc/",
     )
 )
 def evaluate(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints,
     data: Annotated[list[Path], typer.Option(help="Dataset folder or CSV manifest; repeatable.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/evaluate-<time>).")] = None,
     split: Annotated[str, typer.Option(help="auto (test split if present, else all), test, val, train, all.")] = "auto",
@@ -157,8 +210,15 @@ def evaluate(
     config: ModelYaml = None,
     tta: TTA = None,
     mc_dropout: MCDropout = 0,
+    ensemble: EnsembleMethod = None,
+    weights: Weights = None,
 ) -> None:
-    """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots."""
+    """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots.
+
+    Several --checkpoint options (or an ensemble file) are evaluated as one ensemble; each
+    checkpoint reads the images with its own input size and normalisation, and metrics.json
+    lists every member's own metrics beside the ensemble's.
+    """
     from deepfake_detect.evaluation.runner import evaluate_checkpoint
     from deepfake_detect.runinfo import create_run_dir
 
@@ -167,6 +227,7 @@ def evaluate(
         checkpoint, data, out_dir, split=split, threshold=threshold,
         video_aggregation=video_aggregation, batch_size=batch_size, num_workers=workers,
         device=device, plots=plots, config=config, tta=tta, mc_dropout=mc_dropout,
+        ensemble=ensemble, weights=weights,
     )
     _print_metrics(results)
     console.print(f"results: {out_dir}")
@@ -182,10 +243,13 @@ def evaluate(
         "deepfake-detect predict --checkpoint runs/ds/model.safetensors --video-dir faces/clip_007 clip_008.mp4",
         "deepfake-detect predict --checkpoint best.ckpt faces/ --tta default --out preds.csv",
         "deepfake-detect predict --checkpoint best.ckpt faces/ --mc-dropout 8 --out preds.csv",
+        "deepfake-detect predict --checkpoint best.ckpt clip.mp4 --tta default --mc-dropout 8",
+        "deepfake-detect predict --checkpoint runs/b3/model.safetensors --checkpoint runs/swin/model.safetensors --ensemble logits faces/",
+        "deepfake-detect predict --checkpoint runs/ensemble.yaml videos/ --out preds.csv",
     )
 )
 def predict(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints,
     inputs: Annotated[
         list[Path] | None, typer.Argument(help="Face crops, photos, videos or folders of them.")
     ] = None,
@@ -213,6 +277,8 @@ def predict(
     ] = None,
     tta: TTA = None,
     mc_dropout: MCDropout = 0,
+    ensemble: EnsembleMethod = None,
+    weights: Weights = None,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
@@ -220,7 +286,8 @@ def predict(
     was trained with; a file without a face gets an error, not a score. With --format
     submission a failed file still gets a row (--fail-label) and is listed on the console.
     A video detector (dual_stream) scores each video (or --video-dir folder of frames) as the
-    mean over evenly spaced clips; then `faces` counts the clips.
+    mean over evenly spaced clips; then `faces` counts the clips. Several --checkpoint options
+    (or an ensemble .yaml) score as one ensemble; score_std is then the members' spread.
     """
     if output_format not in ("csv", "submission"):
         raise typer.BadParameter("--format must be csv or submission")
@@ -231,28 +298,24 @@ def predict(
         write_predictions,
         write_submission,
     )
-    from deepfake_detect.models.checkpoint import load_detector
-
     from deepfake_detect.inference.clips import is_sequence_detector
+    from deepfake_detect.inference.ensemble import Ensemble, load_model
 
     if not inputs and not video_dir:
         raise typer.BadParameter("give files or folders to score (or --video-dir)")
-    detector = load_detector(checkpoint, config)
+    detector = load_model(checkpoint, config, ensemble, weights)
     chosen = detector.threshold if threshold is None else threshold
     faces: list = []
-    if is_sequence_detector(detector):
-        if tta or mc_dropout:
-            raise typer.BadParameter(
-                f"--tta / --mc-dropout: not supported for the video detector {detector.config.name!r}"
-            )
+    sequence = not isinstance(detector, Ensemble) and is_sequence_detector(detector)
+    if sequence:
         rows = predict_videos(
             detector, inputs or [], video_dir or [], threshold=chosen, batch_size=batch_size,
-            num_workers=workers, device=device,
+            num_workers=workers, device=device, tta=tta, mc_dropout=mc_dropout,
         )
     elif video_dir:
         raise typer.BadParameter(
-            f"--video-dir needs a video detector (e.g. dual_stream); {detector.config.name!r} "
-            "scores single images: pass the folder as an input instead"
+            "--video-dir needs a video detector (e.g. dual_stream); this checkpoint scores "
+            "single images: pass the folder as an input instead"
         )
     else:
         rows = predict_files(
@@ -488,12 +551,13 @@ def augment_preview(
         "deepfake-detect calibrate --checkpoint runs/x1/model.safetensors --data /data/ff++ --out runs/x1/calibrated.safetensors",
         "deepfake-detect calibrate --checkpoint best.ckpt --data val_a/ --data val_b.csv --split all --threshold-strategy fpr --target-fpr 0.01 --out cal.safetensors",
         "deepfake-detect calibrate -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --data ff_val/ --threshold-strategy keep --out effort_cal.safetensors",
+        "deepfake-detect calibrate --checkpoint runs/b4/model.safetensors --checkpoint runs/swin/model.safetensors --data ff_val/ --out runs/ensemble.yaml",
     )
 )
 def calibrate(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints,
     data: Annotated[list[Path], typer.Option(help="Validation dataset folder or CSV manifest; repeatable (pooled).")],
-    out: Annotated[Path, typer.Option(help="The calibrated .safetensors to write (calibration.json goes beside it).")],
+    out: Annotated[Path, typer.Option(help="The calibrated .safetensors to write, or for an ensemble the .yaml ensemble file (calibration.json goes beside it).")],
     split: Annotated[str, typer.Option(help="auto (val split if present; all samples of a dataset without splits), val or all. Never test.")] = "auto",
     threshold_strategy: Annotated[
         str, typer.Option(help="eer, max_acc, max_f1, max_macro_f1, fpr (lowest threshold with FPR <= --target-fpr) or keep (same decisions as before).")
@@ -503,6 +567,8 @@ def calibrate(
     workers: Workers = None,
     device: Device = "auto",
     config: ModelYaml = None,
+    ensemble: EnsembleMethod = None,
+    weights: Weights = None,
 ) -> None:
     """Fit temperature scaling and a decision threshold on validation data; write a new checkpoint.
 
@@ -510,15 +576,28 @@ def calibrate(
     the ranking (AUC, EER) and makes the scores honest probabilities. predict and evaluate apply
     the stored temperature and threshold automatically. The test split is refused: calibrating
     on it would leak.
-    """
-    from deepfake_detect.evaluation.calibration import calibrate_checkpoint
 
-    result = calibrate_checkpoint(
-        checkpoint, data, out, split=split, threshold_strategy=threshold_strategy,
-        target_fpr=target_fpr, batch_size=batch_size, num_workers=workers, device=device,
-        config=config,
-    )
-    table = Table("", "before", "after", title=f"calibration on {result.n} samples "
+    With several --checkpoint options (or an ensemble file) the ensemble's weights are fitted
+    (soft, logits; unless --weights are given) together with its threshold, and written as an
+    ensemble .yaml that predict and evaluate take as --checkpoint.
+    """
+    from deepfake_detect.inference.ensemble import is_ensemble_file
+
+    kwargs = dict(split=split, threshold_strategy=threshold_strategy, target_fpr=target_fpr,
+                  batch_size=batch_size, num_workers=workers, device=device, config=config)
+    if len(checkpoint) > 1 or is_ensemble_file(checkpoint[0]):
+        from deepfake_detect.evaluation.ensemble_fit import calibrate_ensemble
+
+        result = calibrate_ensemble(checkpoint, data, out, method=ensemble, weights=weights, **kwargs)
+        title = f"ensemble ({result.method}) calibration"
+    else:
+        if ensemble is not None or weights is not None:
+            raise typer.BadParameter("--ensemble / --weights need several --checkpoint options")
+        from deepfake_detect.evaluation.calibration import calibrate_checkpoint
+
+        result = calibrate_checkpoint(checkpoint[0], data, out, **kwargs)
+        title = "calibration"
+    table = Table("", "before", "after", title=f"{title} on {result.n} samples "
                   f"({result.n_real} real / {result.n_fake} fake)")
     for row in result.table():
         table.add_row(*row)

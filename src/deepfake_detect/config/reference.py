@@ -16,6 +16,7 @@ def _type_name(annotation: typing.Any) -> str:
     for prefix in ("<class '", "'>"):
         text = text.replace(prefix, "")
     text = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?\]\)\]", r"\1", text)
+    text = re.sub(r"\b(?:[a-z_]\w*\.)+(?=[A-Z])", "", text)  # module paths of classes
     return text.replace("Literal", "one of ")
 
 

@@ -257,6 +257,12 @@ class TrainConfig(Strict):
     limit_val_batches: float | int | None = Field(None, description="debug: cap val batches")
     evaluate_test: bool = Field(True, description="after training, evaluate best on test split")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v: Any) -> Any:
+        # `train.precision=32` on the command line (and `precision: 32` in YAML) parse as ints
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class ThresholdConfig(Strict):
     strategy: Literal["fixed", "eer", "max_acc", "max_f1", "max_macro_f1", "fpr"] = Field(
@@ -446,3 +452,46 @@ class ExperimentConfig(Strict):
         if not isinstance(v.get("name"), str):
             raise ValueError("model.name is required: the registry name of the detector")
         return v
+
+
+class EnsembleMember(Strict):
+    checkpoint: Path = Field(
+        description="a checkpoint of this tool (.ckpt, .safetensors, LoRA adapter folder) or, "
+        "with config, any weights file that model reads; relative to the ensemble file"
+    )
+    config: Path | None = Field(
+        None, description="YAML with the model section, for a checkpoint not written by this tool"
+    )
+    weight: float = Field(1.0, ge=0, description="voting weight (weights are normalised to sum 1)")
+
+
+class EnsembleConfig(Strict):
+    """An ensemble of image detectors (the ``ensemble:`` section of an ensemble file).
+
+    Every member scores the inputs with its own preprocessing (input size, normalisation,
+    temperature); their scores are then combined.
+    """
+
+    method: Literal["soft", "hard", "logits"] = Field(
+        "soft",
+        description="soft: weighted mean of P(fake); hard: weighted share of members voting "
+        "fake (each at its own threshold); logits: sigmoid of the weighted mean fake logit",
+    )
+    threshold: float | None = Field(
+        None, gt=0, lt=1,
+        description="decision threshold on the ensemble score; null: 0.5 (hard: more than half "
+        "of the weighted votes)",
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="logits: the mean fake logit is divided by it (set by calibrate)"
+    )
+    members: list[EnsembleMember] = Field(min_length=2, description="two or more checkpoints")
+    calibration: dict[str, Any] | None = Field(
+        None, description="written by calibrate: the data and figures the weights were fitted on"
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "EnsembleConfig":
+        if sum(m.weight for m in self.members) <= 0:
+            raise ValueError("at least one member needs a weight above 0")
+        return self

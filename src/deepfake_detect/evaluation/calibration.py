@@ -168,6 +168,52 @@ def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -
     return select_split(samples, split, dataset)
 
 
+def _check_arguments(
+    threshold_strategy: str, target_fpr: float, split: str, data: Sequence[Any]
+) -> None:
+    """Refuse bad options before any model is loaded or file read."""
+    if threshold_strategy not in THRESHOLD_CHOICES:
+        raise ConfigError(
+            f"--threshold-strategy {threshold_strategy!r}: choose one of "
+            f"{', '.join(THRESHOLD_CHOICES)}"
+        )
+    if not 0.0 <= target_fpr < 1.0:
+        raise ConfigError(f"--target-fpr {target_fpr}: must lie in [0, 1), e.g. 0.01 for 1%")
+    if split == "test" or split not in CALIBRATION_SPLITS:
+        select_calibration_split([], split, "")  # raises with the explanation
+    if not data:
+        raise DataError("give at least one --data folder or CSV with validation samples")
+
+
+def calibration_samples(
+    model: Any, data: Sequence[str | Path], split: str, out_dir: Path, progress: bool = True
+) -> list[Any]:
+    """The labelled validation samples of every ``data`` path, pooled (see
+    :func:`select_calibration_split`). Videos in dataset folders are cut into faces the way
+    the model was trained, reusing the training run's crops when they are there (as evaluate
+    does)."""
+    from deepfake_detect.data.dataset_videos import gather_samples
+    from deepfake_detect.evaluation.runner import _faces_cache
+    from deepfake_detect.inference.media import prepare_settings
+
+    chosen: list[Any] = []
+    experiment = model.checkpoint_meta.get("experiment") or {}
+    faces_cache, cache_root = _faces_cache(experiment, out_dir)
+    for path in data:
+        gathered = gather_samples(
+            [path], prepare=prepare_settings(model), faces_cache=faces_cache,
+            cache_root=cache_root, progress=progress,
+        )
+        samples = gathered.samples
+        name = samples[0].dataset if samples else Path(path).stem
+        if not samples:
+            raise DataError(f"{path}: no labelled samples found to calibrate on")
+        chosen += select_calibration_split(samples, split, name)
+    if any(s.label not in (0, 1) for s in chosen):
+        raise DataError("calibration needs labelled samples (real/fake folders or a label column)")
+    return chosen
+
+
 def score_fake_logits(
     detector: Any,
     samples: Sequence[Any],
@@ -205,19 +251,17 @@ def score_fake_logits(
     return result.scores[ok], labels[ok]
 
 
-@dataclass
-class CalibrationResult:
-    """What ``calibrate`` fitted and how the validation scores changed."""
+@dataclass(kw_only=True)
+class FitSummary:
+    """What a calibration saw and chose, shared by one checkpoint and an ensemble: the data,
+    the threshold before and after, and validation figures (``before`` / ``after``)."""
 
-    checkpoint: str
     out: str
     data: list[str]
     split: str
     n: int
     n_real: int
     n_fake: int
-    temperature_before: float
-    temperature: float
     threshold_before: float
     threshold: float
     threshold_strategy: str
@@ -225,6 +269,15 @@ class CalibrationResult:
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class CalibrationResult(FitSummary):
+    """What ``calibrate`` fitted and how the validation scores changed."""
+
+    checkpoint: str
+    temperature_before: float
+    temperature: float
 
     def meta(self) -> dict[str, Any]:
         """The ``calibration`` entry of the checkpoint meta."""
@@ -265,47 +318,17 @@ def calibrate_checkpoint(
     ``data`` paths are pooled: one temperature per model. With ``config`` the checkpoint may be
     any weights file that detector reads (as in evaluate).
     """
-    from deepfake_detect.data.dataset_videos import gather_samples
-    from deepfake_detect.evaluation.runner import _faces_cache
-    from deepfake_detect.inference.media import prepare_settings
     from deepfake_detect.models.checkpoint import export_safetensors, load_detector
 
-    if threshold_strategy not in THRESHOLD_CHOICES:
-        raise ConfigError(
-            f"--threshold-strategy {threshold_strategy!r}: choose one of "
-            f"{', '.join(THRESHOLD_CHOICES)}"
-        )
-    if not 0.0 <= target_fpr < 1.0:
-        raise ConfigError(f"--target-fpr {target_fpr}: must lie in [0, 1), e.g. 0.01 for 1%")
-    if split == "test" or split not in CALIBRATION_SPLITS:
-        select_calibration_split([], split, "")  # raises with the explanation
+    _check_arguments(threshold_strategy, target_fpr, split, data)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: the calibrated checkpoint must be a .safetensors file")
-    if not data:
-        raise DataError("give at least one --data folder or CSV with validation samples")
 
     detector = load_detector(checkpoint, config)
     old_t = float(detector.temperature)
     old_threshold = float(detector.threshold)
-    chosen: list[Any] = []
-    # Videos in dataset folders are cut into faces the way the model was trained, reusing the
-    # training run's crops when they are there (as evaluate does).
-    experiment = detector.checkpoint_meta.get("experiment") or {}
-    faces_cache, cache_root = _faces_cache(experiment, out.parent)
-    for path in data:
-        gathered = gather_samples(
-            [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
-            cache_root=cache_root, progress=progress,
-        )
-        samples = gathered.samples
-        name = samples[0].dataset if samples else Path(path).stem
-        if not samples:
-            raise DataError(f"{path}: no labelled samples found to calibrate on")
-        chosen += select_calibration_split(samples, split, name)
-    if any(s.label not in (0, 1) for s in chosen):
-        raise DataError("calibration needs labelled samples (real/fake folders or a label column)")
-
+    chosen = calibration_samples(detector, data, split, out.parent, progress)
     z, y = score_fake_logits(detector, chosen, batch_size, num_workers, device, progress)
     new_t = fit_temperature(z, y)
     threshold = calibrated_threshold(

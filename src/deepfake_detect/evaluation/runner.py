@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.errors import DataError
 from deepfake_detect.evaluation.aggregation import aggregate_videos
 from deepfake_detect.evaluation.dashboard import plot_dashboard
 from deepfake_detect.evaluation.errors import error_analysis, error_counts
 from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
 from deepfake_detect.inference.clips import is_sequence_detector, score_videos
+from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options, load_model
 from deepfake_detect.inference.scoring import score_files
-from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
+from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 
 SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
@@ -69,22 +70,25 @@ def evaluate_samples(
     out_dir.mkdir(parents=True, exist_ok=True)
     # tta (views averaged) and mc_dropout (passes; predictions.csv gets score_std) are
     # recorded in metrics.json as "tta" (view names) and "mc_dropout"
-    tta = parse_tta(tta)
-    if is_sequence_detector(detector) and (tta or mc_dropout):
-        raise ConfigError(
-            f"{'--tta' if tta else '--mc-dropout'}: not supported for the video (sequence) "
-            f"detector {detector.config.name!r}; leave it out"
-        )
-    if is_sequence_detector(detector):
+    tta = check_scoring_options(detector, tta, mc_dropout)
+    ensemble = detector if isinstance(detector, Ensemble) else None
+    if ensemble is None and is_sequence_detector(detector):
         return _evaluate_videos(
             detector, samples, out_dir, threshold, batch_size, num_workers, device, plots,
-            progress, name, left_out, error_examples=error_examples,
+            progress, name, left_out, error_examples=error_examples, tta=tta,
+            mc_dropout=mc_dropout,
         )
-    result = score_files(
-        detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-        progress=progress, description=f"evaluating {name}".strip(), tta=tta,
-        mc_dropout=mc_dropout,
-    )
+    if ensemble is not None:
+        result = ensemble.score_files(
+            samples, batch_size=batch_size, num_workers=num_workers, device=device,
+            progress=progress, description=f"evaluating {name}".strip(), tta=tta,
+        )
+    else:
+        result = score_files(
+            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
+            progress=progress, description=f"evaluating {name}".strip(), tta=tta,
+            mc_dropout=mc_dropout,
+        )
     ok = result.ok
     kept = [s for s, good in zip(samples, ok) if good]
     if not kept:
@@ -111,13 +115,29 @@ def evaluate_samples(
         "tta": tta.names if tta else None,
         "mc_dropout": int(mc_dropout),
     }
+    variances = result.var[ok] if getattr(result, "var", None) is not None else None
+    if variances is not None:
+        metrics["uncertainty"] = _uncertainty_report(labels, scores, threshold, variances)
+    member_scores = None
+    if ensemble is not None:
+        member_scores = result.members[:, ok]
+        metrics["ensemble"] = _ensemble_report(ensemble, labels, member_scores)
     (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
+        # score_std: the spread over MC-dropout passes, or over an ensemble's members, whose
+        # own P(fake) follow as score_<member>
         writer = csv.writer(fh)
         stds = result.std[ok] if result.std is not None else None
-        writer.writerow(["path", "video", "label", "score"] + (["score_std"] if mc_dropout else []))
+        names = [f"score_{m.name}" for m in ensemble.members] if ensemble is not None else []
+        writer.writerow(["path", "video", "label", "score"]
+                        + (["score_std"] if stds is not None else []) + names
+                        + (["logit_var"] if variances is not None else []))
         for i, (s, sc) in enumerate(zip(kept, scores)):
             extra = [f"{stds[i]:.6f}"] if stds is not None else []
+            if member_scores is not None:
+                extra += [f"{v:.6f}" for v in member_scores[:, i]]
+            if variances is not None:
+                extra.append(f"{variances[i]:.6g}")
             writer.writerow([str(s.path), s.video, s.label, f"{sc:.6f}", *extra])
     with open(out_dir / "video_predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -146,12 +166,16 @@ def _evaluate_videos(
     name: str,
     left_out: Sequence[tuple[str, str]],
     error_examples: int = 16,
+    tta: TTASpec | None = None,
+    mc_dropout: int = 0,
 ) -> dict[str, Any]:
     """A sequence detector scores whole videos (mean over evenly spaced clips): video-level
-    metrics only, and ``predictions.csv`` has one row per video."""
+    metrics only, and ``predictions.csv`` has one row per video (``score_std`` with
+    ``mc_dropout``: the std over the passes of the video score, see ``score_videos``)."""
     result = score_videos(
         detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-        progress=progress, description=f"evaluating {name}".strip(),
+        progress=progress, description=f"evaluating {name}".strip(), tta=tta,
+        mc_dropout=mc_dropout,
     )
     ok = result.ok
     kept = [v for v, good in zip(result.videos, ok) if good]
@@ -176,14 +200,20 @@ def _evaluate_videos(
         "skipped": len(skipped),
         "skipped_files": skipped,
         "errors": {**error_counts(labels, scores, threshold), "level": "video"},
+        "tta": tta.names if tta else None,
+        "mc_dropout": int(mc_dropout),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["video", "label", "score", "clips", "frames"])
-        for v, sc, n in zip(result.videos, result.scores, result.clips):
+        writer.writerow(["video", "label", "score", "clips", "frames"]
+                        + (["score_std"] if result.std is not None else []))
+        for i, (v, sc, n) in enumerate(zip(result.videos, result.scores, result.clips)):
             score = "" if np.isnan(sc) else f"{sc:.6f}"
-            writer.writerow([v.video, v.label, score, int(n), len(v.frames)])
+            extra = []
+            if result.std is not None:
+                extra = ["" if np.isnan(result.std[i]) else f"{result.std[i]:.6f}"]
+            writer.writerow([v.video, v.label, score, int(n), len(v.frames), *extra])
     if plots:
         save_evaluation_plots(labels, scores, threshold, out_dir)
         # no per-image paths: a video is shown by its first frame
@@ -193,6 +223,34 @@ def _evaluate_videos(
             error_examples, name,
         )
     return metrics
+
+
+def _uncertainty_report(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, variances: np.ndarray
+) -> dict[str, Any]:
+    """How well the variance head's predicted variance flags the detector's own mistakes:
+    its mean on right and wrong decisions and the AUC of variance as a mistake detector
+    (0.5: no better than chance; NaN when there are no mistakes or no right decisions)."""
+    from deepfake_detect.evaluation.metrics import predict_labels, roc_auc
+
+    wrong = predict_labels(scores, threshold) != labels
+    both = 0 < int(wrong.sum()) < wrong.size
+    return {
+        "mean_logit_var": float(np.mean(variances)),
+        "mean_logit_var_correct": float(np.mean(variances[~wrong])) if (~wrong).any() else None,
+        "mean_logit_var_wrong": float(np.mean(variances[wrong])) if wrong.any() else None,
+        "error_detection_auc": roc_auc(wrong.astype(np.int64), variances) if both else float("nan"),
+    }
+
+
+def _ensemble_report(ensemble: Ensemble, labels: np.ndarray, member_scores: np.ndarray) -> dict:
+    """The ensemble's description with each member's own frame metrics on the same samples
+    (at the member's threshold), so that the gain of the ensemble over its members shows."""
+    report = ensemble.describe()
+    for entry, scores, member in zip(report["members"], member_scores, ensemble.members):
+        m = binary_metrics(labels, scores, threshold=member.detector.threshold)
+        entry["frame"] = {k: m[k] for k in ("auc", "eer", "ap", "acc", "acc_at_threshold")}
+    return report
 
 
 def _save_analysis(
@@ -228,6 +286,9 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     for key in ("auc", "eer", "ap", "acc", "acc_at_threshold", "macro_f1"):
         rows.append((key, f"{fmt(f[key])} frame | {fmt(v[key])} video"))
+    for member in (metrics.get("ensemble") or {}).get("members", []):
+        rows.append((f"  {member['name']} (w {member['weight']:.3g})",
+                     f"auc {fmt(member['frame']['auc'])} | acc {fmt(member['frame']['acc'])} frame"))
     rows.append(("skipped files", str(metrics["skipped"])))
     return rows
 
@@ -236,7 +297,7 @@ __all__ = ["CLASS_NAMES", "SPLIT_CHOICES", "evaluate_samples", "select_split", "
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     data: Sequence[str | Path],
     out_dir: Path,
     split: str = "auto",
@@ -250,42 +311,49 @@ def evaluate_checkpoint(
     config: str | Path | None = None,
     tta: TTASpec | str | None = None,
     mc_dropout: int = 0,
+    ensemble: str | None = None,
+    weights: str | Sequence[float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset.
 
     With ``config`` (a YAML with the model section) ``checkpoint`` may be any weights file that
-    detector reads, e.g. an official release.
+    detector reads, e.g. an official release. Several checkpoints, or an ensemble file, are
+    evaluated as one ensemble (``ensemble``: soft, hard or logits; ``weights`` per checkpoint;
+    see :mod:`deepfake_detect.inference.ensemble`); metrics.json then also holds each member's
+    metrics on the same samples.
     """
     from deepfake_detect.data.dataset_videos import gather_samples
     from deepfake_detect.data.sources import log_discovery
     from deepfake_detect.inference.media import prepare_settings
-    from deepfake_detect.models.checkpoint import load_detector
     from deepfake_detect.runinfo import write_run_info
 
     if split not in SPLIT_CHOICES:
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
-    detector = load_detector(checkpoint, config)
+    detector = load_model(checkpoint, config, ensemble, weights)
+    is_ensemble = isinstance(detector, Ensemble)
     # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
     # fails before any work. Without --tta, the views the recipe evaluates with (eval.tta).
-    if tta is None:
+    if tta is None and not is_ensemble:
         tta = ((detector.checkpoint_meta.get("experiment") or {}).get("eval") or {}).get("tta")
-    tta = parse_tta(tta)
-    if (tta or mc_dropout) and is_sequence_detector(detector):
-        raise ConfigError(
-            f"{'--tta' if tta else '--mc-dropout'}: not supported for the video (sequence) "
-            f"detector {detector.config.name!r}; leave it out"
-        )
-    if mc_dropout:
-        check_mc_dropout(detector, mc_dropout)
+    tta = check_scoring_options(detector, tta, mc_dropout)
     meta = detector.checkpoint_meta
     chosen_threshold = detector.threshold if threshold is None else threshold
     aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(
         "video_aggregation", "mean"
     )
-    write_run_info(
-        out_dir, meta.get("experiment"), checkpoint=str(checkpoint), data=[str(d) for d in data],
-        split=split, threshold=chosen_threshold, video_aggregation=aggregation,
-    )
+    if is_ensemble:
+        write_run_info(
+            out_dir, {"ensemble": detector.config().model_dump(mode="json")},
+            checkpoint=[m.checkpoint for m in detector.members], data=[str(d) for d in data],
+            split=split, threshold=chosen_threshold, video_aggregation=aggregation,
+        )
+    else:
+        write_run_info(
+            out_dir, meta.get("experiment"),
+            checkpoint=str(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]),
+            data=[str(d) for d in data], split=split, threshold=chosen_threshold,
+            video_aggregation=aggregation,
+        )
     results: dict[str, dict[str, Any]] = {}
     faces_cache, cache_root = _faces_cache(meta.get("experiment") or {}, out_dir)
     for path in data:

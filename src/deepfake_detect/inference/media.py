@@ -3,6 +3,12 @@
 Faces are cut with the checkpoint's own face-pipeline settings (the ``prepare`` section stored
 with it), so a model sees at prediction time the same kind of crop it was trained on. A file in
 which no face is found gets a status saying so and no score.
+
+Test-time augmentation and Monte-Carlo dropout (:mod:`deepfake_detect.inference.tta`) work on
+the face crops exactly as for face-crop images (``score_files``): each face's score is the mean
+over the views and/or the dropout passes. With Monte-Carlo dropout the file score's spread is
+the standard deviation over the passes of the file's aggregated score (see
+:meth:`MediaScorer.score`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from deepfake_detect.data.video import VideoError, is_video_file, read_frames
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.aggregation import AGGREGATORS
 from deepfake_detect.inference.scoring import autocast_for, pick_device
+from deepfake_detect.inference.tta import (
+    TTASpec,
+    mc_dropout_passes,
+    tta_probabilities,
+)
 from deepfake_detect.models.detector import Detector
 
 
@@ -34,7 +45,8 @@ class FaceScore:
     face: int
     time: float
     box: list[float]
-    score: float
+    score: float  # P(fake); with TTA / MC dropout the mean over views and passes
+    score_std: float | None = None  # with MC dropout: std of P(fake) over the passes
 
 
 @dataclass
@@ -46,6 +58,8 @@ class MediaResult:
     error: str = ""
     notes: list[str] = field(default_factory=list)
     per_face: list[FaceScore] = field(default_factory=list)
+    # with MC dropout: std over the passes of the file's aggregated score (MediaScorer.score)
+    score_std: float | None = None
 
 
 def prepare_settings(detector: Detector) -> PrepareConfig:
@@ -68,7 +82,15 @@ def _frames_of(path: Path, settings: PrepareConfig, notes: list[str]) -> Iterato
 
 
 class MediaScorer:
-    """Holds the classifier, the face detector and the transform; scores one file at a time."""
+    """Holds the classifier, the face detector and the transform; scores one file at a time.
+
+    ``tta``: a view spec (``--tta``) averaged per face; ``mc_dropout`` >= 2: that many passes
+    with dropout on, a ``score_std`` per face and per file; ``seed`` seeds the passes (each
+    chunk of a file's crops with ``seed`` + the index of its first crop, as ``score_files``
+    does per batch), so a file gets the same scores every time for the same ``batch_size``.
+    A bad spec or a detector without dropout raises :class:`ConfigError` here, before any
+    file is read or the face detector is loaded.
+    """
 
     def __init__(
         self,
@@ -78,13 +100,31 @@ class MediaScorer:
         batch_size: int = 64,
         device: str | None = None,
         face_detector: FaceDetector | None = None,
+        tta: TTASpec | str | None = None,
+        mc_dropout: int = 0,
+        seed: int = 0,
     ):
         if aggregation not in AGGREGATORS:
             raise ConfigError(
                 f"unknown aggregation {aggregation!r}; choose one of {', '.join(sorted(AGGREGATORS))}"
             )
+        from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
+
+        self.tta = check_scoring_options(detector, tta, mc_dropout)
+        # An ensemble: every member scores the same crops (cut with the first member's face
+        # settings), each with its own transform; all members stay on the device.
+        self.ensemble = detector if isinstance(detector, Ensemble) else None
+        self.mc_dropout = int(mc_dropout)
+        self.seed = seed
         self.settings = settings or prepare_settings(detector)
         self.device = pick_device(device)
+        if self.ensemble is not None:
+            self.members = [
+                (m.detector.to(self.device).eval(), build_transform(m.detector.preprocessing()),
+                 self.ensemble.member_output(m.detector))
+                for m in self.ensemble.members
+            ]
+            detector = self.ensemble.primary
         self.detector = detector.to(self.device).eval()
         if self.settings.detect.device == "auto" and self.device.type == "cpu":
             # a user who asked for the CPU gets the face detector there too
@@ -97,17 +137,55 @@ class MediaScorer:
         self.batch_size = batch_size
 
     @torch.inference_mode()
+    def _member_values(self, crops: list[np.ndarray]) -> np.ndarray:
+        """An ensemble's member values per crop, ``(members, F)``."""
+        out = []
+        for detector, transform, output in self.members:
+            values = []
+            for start in range(0, len(crops), self.batch_size):
+                x = torch.stack([transform(c) for c in crops[start : start + self.batch_size]])
+                x = x.to(self.device, non_blocking=True)
+                with autocast_for(self.device):
+                    if self.tta is not None:
+                        v = tta_probabilities(detector, x, self.tta, output, max_batch=self.batch_size)
+                    else:
+                        v = output(detector(x).float())
+                values.append(v.float().cpu().numpy())
+            out.append(np.concatenate(values))
+        return np.stack(out).astype(np.float64)
+
+    @torch.inference_mode()
     def _classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        """P(fake) per crop, ``(F,)``; with MC dropout one row per pass, ``(n, F)``."""
         out = []
         for start in range(0, len(crops), self.batch_size):
             x = torch.stack([self.transform(c) for c in crops[start : start + self.batch_size]])
             x = x.to(self.device, non_blocking=True)
             with autocast_for(self.device):
-                logits = self.detector(x)
-            out.append(self.detector.probabilities(logits.float()).cpu().numpy())
-        return np.concatenate(out).astype(np.float64)
+                if self.mc_dropout:
+                    values = mc_dropout_passes(
+                        self.detector, x, self.mc_dropout, self.tta, max_batch=self.batch_size,
+                        seed=self.seed + start,
+                    )
+                elif self.tta is not None:
+                    values = tta_probabilities(self.detector, x, self.tta, max_batch=self.batch_size)
+                else:
+                    values = self.detector.probabilities(self.detector(x).float())
+            out.append(values.float().cpu().numpy())
+        return np.concatenate(out, axis=-1).astype(np.float64)
 
     def score(self, path: str | Path) -> MediaResult:
+        """Find, crop and score the faces of one file and aggregate them into its score.
+
+        With Monte-Carlo dropout each face's score is its mean over the passes, and the file's
+        score is the aggregation of those means, so that it is reproducible from the per-face
+        rows like a plain score. ``score_std`` is the standard deviation over the passes of the
+        file's score computed per pass (the aggregator applied to each pass's face scores):
+        that is the spread of the number reported, which a mean of per-face stds is not (the
+        faces of a pass partly average out, and rules like ``max`` or ``confident`` pick
+        different faces in different passes). For the ``mean`` aggregator the file score
+        equals the mean of the per-pass scores; for the others it can differ from it slightly.
+        """
         path = Path(path)
         notes: list[str] = []
         crop_cfg = self.settings.crop
@@ -143,14 +221,31 @@ class MediaScorer:
         if not crops:
             what = "frame" if n_frames == 1 else f"{n_frames} sampled frames"
             return MediaResult(str(path), None, n_frames, 0, f"no_face: no face found in the {what}", notes)
-        scores = self._classify(crops)
         frame_ids = np.asarray([str(w[0]) for w in where], dtype=object)
-        score = AGGREGATORS[self.aggregation](scores, frame_ids)
+        aggregate = AGGREGATORS[self.aggregation]
+        if self.ensemble is not None:
+            # score_std of an ensemble: the spread of its members' file scores
+            values = self._member_values(crops)
+            scores = self.ensemble.combine(values)
+            members = self.ensemble.member_probabilities(values)
+            stds = members.std(axis=0, ddof=1).tolist()
+            file_std = float(np.std([aggregate(p, frame_ids) for p in members], ddof=1))
+            values = scores
+        else:
+            values = self._classify(crops)
+            scores, stds, file_std = values, [None] * len(crops), None
+        if self.mc_dropout:
+            scores = values.mean(axis=0)
+            stds = values.std(axis=0, ddof=1).tolist()
+            per_pass = np.asarray([aggregate(p, frame_ids) for p in values])
+            file_std = float(per_pass.std(ddof=1))
+        score = aggregate(scores, frame_ids)
         per_face = [
-            FaceScore(frame=f, face=t, time=round(when, 3), box=box, score=float(s))
-            for (f, t, when, box), s in zip(where, scores, strict=True)
+            FaceScore(frame=f, face=t, time=round(when, 3), box=box, score=float(s), score_std=sd)
+            for (f, t, when, box), s, sd in zip(where, scores, stds, strict=True)
         ]
-        return MediaResult(str(path), float(score), n_frames, len(crops), "", notes, per_face)
+        return MediaResult(str(path), float(score), n_frames, len(crops), "", notes, per_face,
+                           file_std)
 
 
 def score_media(

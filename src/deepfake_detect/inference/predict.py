@@ -12,18 +12,20 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from deepfake_detect.data.media import MEDIA_EXTENSIONS
 from deepfake_detect.data.sources import is_image_file
 from deepfake_detect.data.video import is_video_file
-from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import predict_labels
 from deepfake_detect.inference.scoring import score_files
-from deepfake_detect.inference.tta import TTASpec
+from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
 from deepfake_detect.models.detector import Detector
+
+if TYPE_CHECKING:
+    from deepfake_detect.inference.ensemble import Ensemble
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Prediction:
     frames: int = 0  # frames (1 for a photo) looked at
     faces: int = 0  # faces scored
     score_std: float | None = None  # with --mc-dropout: std of P(fake) over the passes
+    logit_var: float | None = None  # with a variance head: predicted variance of the fake logit
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
@@ -58,7 +61,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Predi
 
 
 def predict_files(
-    detector: Detector,
+    detector: Detector | Ensemble,
     inputs: Sequence[str | Path],
     threshold: float = 0.5,
     batch_size: int = 64,
@@ -73,42 +76,50 @@ def predict_files(
 ) -> list[Prediction]:
     """Score every input; ``per_face`` (a list) receives per-face rows of media files.
 
-    ``tta`` / ``mc_dropout`` (see :func:`score_files`) apply to face-crop images only; videos
-    and photos that need face detection are refused with them (:class:`ConfigError`).
+    ``tta`` / ``mc_dropout`` (see :func:`score_files`) apply to face-crop images and, through
+    :class:`MediaScorer`, to the face crops of videos and --detect-faces photos; with
+    ``mc_dropout`` every scored row gets ``score_std`` (for media files: the std over the passes
+    of the aggregated file score). A bad spec or a detector without dropout raises
+    :class:`ConfigError` before any file is read.
     """
+    from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
+
+    tta = check_scoring_options(detector, tta, mc_dropout)
+    ensemble = detector if isinstance(detector, Ensemble) else None
     files, rows = collect_inputs(inputs)
     crops = [p for p in files if not is_video_file(p) and not detect_faces and is_image_file(p)]
     crop_set = set(crops)
     media = [p for p in files if p not in crop_set]
-    if media and (tta or mc_dropout):
-        flag = "--tta" if tta else "--mc-dropout"
-        raise ConfigError(
-            f"{flag} applies to face-crop images only, not to videos or --detect-faces photos "
-            f"(e.g. {media[0]}): cut the faces first with `deepfake-detect prepare` and predict "
-            f"on the crops, or leave out {flag}"
-        )
     by_file: dict[Path, Prediction] = {}
     if crops:
-        result = score_files(
-            detector, crops, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description="predicting", tta=tta, mc_dropout=mc_dropout,
-        )
+        if ensemble is not None:
+            result = ensemble.score_files(
+                crops, batch_size=batch_size, num_workers=num_workers, device=device,
+                progress=progress, description="predicting", tta=tta,
+            )
+        else:
+            result = score_files(
+                detector, crops, batch_size=batch_size, num_workers=num_workers, device=device,
+                progress=progress, description="predicting", tta=tta, mc_dropout=mc_dropout,
+            )
         labels = predict_labels(result.scores, threshold)
         for i, path in enumerate(crops):
             if i in result.errors:
                 by_file[path] = Prediction(str(path), None, None, result.errors[i])
             else:
                 std = None if result.std is None else float(result.std[i])
+                var = None if getattr(result, "var", None) is None else float(result.var[i])
                 by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "",
-                                           1, 1, std)
+                                           1, 1, std, var)
     if media:
         from deepfake_detect.inference.media import MediaScorer, score_media
 
-        scorer = MediaScorer(detector, aggregation=aggregation, batch_size=batch_size, device=device)
+        scorer = MediaScorer(detector, aggregation=aggregation, batch_size=batch_size,
+                             device=device, tta=tta, mc_dropout=mc_dropout)
         for res in score_media(scorer, media, progress=progress):
             label = None if res.score is None else int(predict_labels([res.score], threshold)[0])
             by_file[Path(res.filename)] = Prediction(
-                res.filename, label, res.score, res.error, res.frames, res.faces
+                res.filename, label, res.score, res.error, res.frames, res.faces, res.score_std
             )
             if per_face is not None:
                 per_face.extend({"filename": res.filename, **asdict(f)} for f in res.per_face)
@@ -125,10 +136,16 @@ def predict_videos(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
 ) -> list[Prediction]:
     """One row per video for a sequence detector: each ``video_dirs`` folder holds the face
     crops of one video; video files in ``inputs`` are cut into faces first, the way the
-    checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips."""
+    checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips.
+
+    ``tta`` / ``mc_dropout``: see :func:`~deepfake_detect.inference.clips.score_videos`; with
+    ``mc_dropout`` each scored row gets ``score_std``. A bad spec or a detector without
+    dropout raises :class:`ConfigError` before any video is read."""
     import tempfile
 
     from deepfake_detect.data.clips import frames_folder_samples
@@ -137,6 +154,9 @@ def predict_videos(
     from deepfake_detect.inference.clips import score_videos
     from deepfake_detect.inference.media import prepare_settings
 
+    tta = parse_tta(tta)
+    if mc_dropout:
+        check_mc_dropout(detector, mc_dropout)
     files, rows = collect_inputs(inputs)
     jobs: list[tuple[str, list]] = []  # (filename, frame samples)
     for folder in video_dirs:
@@ -160,7 +180,8 @@ def predict_videos(
                 rows.append(Prediction(str(path), None, None, f"no_face: {reason}"))
         for filename, samples in jobs:
             result = score_videos(detector, samples, batch_size=batch_size,
-                                  num_workers=num_workers, device=device, progress=progress)
+                                  num_workers=num_workers, device=device, progress=progress,
+                                  tta=tta, mc_dropout=mc_dropout)
             score = float(result.scores[0])
             if np.isnan(score):
                 error = next(iter(result.errors.values()), "no clip could be scored")
@@ -168,7 +189,9 @@ def predict_videos(
                                        len(samples), 0))
             else:
                 label = int(predict_labels([score], threshold)[0])
-                rows.append(Prediction(filename, label, score, "", len(samples), int(result.clips[0])))
+                std = None if result.std is None else float(result.std[0])
+                rows.append(Prediction(filename, label, score, "", len(samples),
+                                       int(result.clips[0]), std))
     return rows
 
 
@@ -187,34 +210,40 @@ def _crops_of(manifest: Path) -> list:
 _COLUMNS = ["filename", "label", "score", "frames", "faces", "error"]
 
 
-def _has_std(rows: Sequence[Prediction]) -> bool:
-    return any(r.score_std is not None for r in rows)
+# Optional columns, written only when some row has a value, so the default columns stay as
+# they are: score_std (MC dropout, ensembles) and logit_var (a variance head).
+_OPTIONAL = ("score_std", "logit_var")
+
+
+def _optional_columns(rows: Sequence[Prediction]) -> list[str]:
+    return [c for c in _OPTIONAL if any(getattr(r, c) is not None for r in rows)]
 
 
 def _write_csv(rows: Sequence[Prediction], fh: TextIO) -> None:
-    # score_std only with --mc-dropout, so that the default columns stay as they are
-    with_std = _has_std(rows)
+    extra = _optional_columns(rows)
     writer = csv.writer(fh)
-    writer.writerow(_COLUMNS + (["score_std"] if with_std else []))
+    writer.writerow(_COLUMNS + extra)
     for r in rows:
         score = "" if r.score is None else f"{r.score:.6f}"
         label = "" if r.label is None else r.label
         row = [r.filename, label, score, r.frames, r.faces, r.error]
-        if with_std:
-            row.append("" if r.score_std is None else f"{r.score_std:.6f}")
+        for c in extra:
+            value = getattr(r, c)
+            row.append("" if value is None else f"{value:.6g}" if c == "logit_var" else f"{value:.6f}")
         writer.writerow(row)
 
 
 def _as_json(rows: Sequence[Prediction]) -> list[dict]:
-    with_std = _has_std(rows)
-    return [{k: v for k, v in asdict(r).items() if with_std or k != "score_std"} for r in rows]
+    dropped = set(_OPTIONAL) - set(_optional_columns(rows))
+    return [{k: v for k, v in asdict(r).items() if k not in dropped} for r in rows]
 
 
 def write_predictions(
     rows: Sequence[Prediction], csv_out: Path | TextIO | None, json_path: Path | None = None
 ) -> None:
-    """CSV ``filename,label,score,frames,faces,error`` (``,score_std`` when any row has one,
-    i.e. with Monte-Carlo dropout) to a file or stream, optionally JSON."""
+    """CSV ``filename,label,score,frames,faces,error`` (``,score_std`` / ``,logit_var`` when
+    any row has one: Monte-Carlo dropout or an ensemble / a variance head) to a file or
+    stream, optionally JSON."""
     if isinstance(csv_out, Path):
         csv_out.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_out, "w", newline="", encoding="utf-8") as fh:
@@ -251,11 +280,17 @@ def write_submission(
 
 
 def write_per_face(rows: Sequence[dict], path: Path) -> None:
-    """One row per scored face: ``filename,frame,face,time,box,score``."""
+    """One row per scored face: ``filename,frame,face,time,box,score`` (``,score_std`` with
+    Monte-Carlo dropout or an ensemble)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with_std = any(r.get("score_std") is not None for r in rows)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["filename", "frame", "face", "time", "box", "score"])
+        writer.writerow(["filename", "frame", "face", "time", "box", "score"]
+                        + (["score_std"] if with_std else []))
         for r in rows:
             box = json.dumps(r["box"], separators=(",", ":"))
-            writer.writerow([r["filename"], r["frame"], r["face"], r["time"], box, f"{r['score']:.6f}"])
+            std = r.get("score_std")
+            extra = ([] if not with_std else ["" if std is None else f"{std:.6f}"])
+            writer.writerow([r["filename"], r["frame"], r["face"], r["time"], box,
+                             f"{r['score']:.6f}", *extra])

@@ -31,11 +31,16 @@ class Scores:
 
     ``std``: with Monte-Carlo dropout, the standard deviation of P(fake) over the passes per
     input (NaN where not computed); None without it.
+
+    ``var``: for a detector with a variance head (``model.uncertainty``), the predicted variance
+    of the fake logit per input (aleatoric uncertainty; NaN where the file could not be read);
+    None for other detectors and with TTA or Monte-Carlo dropout (see :func:`score_files`).
     """
 
     scores: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     std: np.ndarray | None = None
+    var: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -84,6 +89,14 @@ def score_files(
     ``mc_dropout`` >= 2: the mean over that many passes with dropout on, and ``Scores.std``;
     ``seed`` seeds those passes (each batch with ``seed`` + the index of its first input, so
     scores are reproducible for the same inputs and batch size).
+
+    A detector with a variance head also gives ``Scores.var``, the predicted variance of the
+    logit the scores come from: with the default ``output`` that is the calibrated logit
+    ``z / T``, so ``exp(log_var) / T**2`` (``T``: the detector's temperature); with a custom
+    ``output``, which receives raw logits, the raw ``exp(log_var)``. With ``tta`` or
+    ``mc_dropout`` it stays None: the variance belongs to one deterministic pass over the
+    un-augmented input, and averaging it over views or dropout masks would mix it with the
+    spread those already measure (``Scores.std``).
     """
     from rich.progress import Progress
 
@@ -107,6 +120,10 @@ def score_files(
     errors: dict[int, str] = {}
     std = np.full(len(samples), np.nan, dtype=np.float64) if mc_dropout else None
     spec = parse_tta(tta)
+    with_variance = detector.predicts_variance and spec is None and not mc_dropout
+    var = np.full(len(samples), np.nan, dtype=np.float64) if with_variance else None
+    # The temperature divides the logit behind the default scores, so its variance by T².
+    var_scale = 1.0 if output is not None else 1.0 / float(detector.temperature) ** 2
     if mc_dropout:
         check_mc_dropout(detector, mc_dropout)  # before any file is read
     path_index = {str(s.path): i for i, s in enumerate(samples)}
@@ -129,9 +146,13 @@ def score_files(
                         std[index] = spread.float().cpu().numpy()
                     elif spec is not None:
                         values = tta_probabilities(detector, x, spec, output, max_batch=batch_size)
+                    elif with_variance:
+                        logits, log_var = detector.forward_with_variance(x)
+                        values = (output or detector.probabilities)(logits.float())
+                        var[index] = (log_var.float().exp() * var_scale).cpu().numpy()
                     else:
                         logits = detector(x)
                         values = (output or detector.probabilities)(logits.float())
                 scores[index] = values.float().cpu().numpy()
             bar.advance(task, len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"])))
-    return Scores(scores=scores, errors=errors, std=std)
+    return Scores(scores=scores, errors=errors, std=std, var=var)

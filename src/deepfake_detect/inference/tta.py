@@ -1,7 +1,10 @@
-"""Test-time augmentation (TTA) and Monte-Carlo dropout for image detectors.
+"""Test-time augmentation (TTA) and Monte-Carlo dropout for image and video detectors.
 
 TTA views are applied to the already normalised ``(B, 3, H, W)`` batch on the device, so no
-image is decoded twice. The views (``--tta`` on ``evaluate`` and ``predict``):
+image is decoded twice. A batch of clips ``(B, T, 3, H, W)`` (sequence detectors such as
+``dual_stream``) has its time axis folded into the batch for the view only, so that every
+frame of a clip gets the same view (a flipped clip is every frame flipped) and the detector
+still receives clips. The views (``--tta`` on ``evaluate`` and ``predict``):
 
 * ``identity`` - the batch as it is; always part of every spec.
 * ``hflip`` - left-right mirror.
@@ -101,6 +104,18 @@ def _number(token: str, text: str, low: float, high: float, what: str) -> float:
     return value
 
 
+def apply_view(view: View, x: torch.Tensor) -> torch.Tensor:
+    """``view`` applied to images ``(B, 3, H, W)`` or to every frame of clips ``(B, T, 3, H, W)``.
+
+    The views are written for 4-D batches (bilinear resizing needs one); leading axes beyond
+    the batch are folded into it and restored, so every frame of a clip gets the same view.
+    """
+    if x.ndim <= 4:
+        return view.apply(x)
+    lead = x.shape[:-3]
+    return view.apply(x.reshape(-1, *x.shape[-3:])).reshape(*lead, *x.shape[-3:])
+
+
 @dataclass(frozen=True)
 class TTASpec:
     """The views of one TTA run, identity first; parse ``--tta`` text with :meth:`parse`."""
@@ -165,11 +180,13 @@ def tta_probabilities(
 ) -> torch.Tensor:
     """Mean of P(fake) (or ``output`` of the logits) over the views of ``spec``, shape ``(B,)``.
 
-    The views are stacked along the batch for one forward pass, split into chunks of at most
-    ``max_batch`` inputs so that memory stays that of a plain batch of that size.
+    ``x``: images ``(B, 3, H, W)`` or clips ``(B, T, 3, H, W)`` (each view applied alike to
+    every frame, :func:`apply_view`). The views are stacked along the batch for one forward
+    pass, split into chunks of at most ``max_batch`` inputs so that memory stays that of a
+    plain batch of that size.
     """
     spec = parse_tta(spec) or TTASpec.parse("identity")
-    stacked = torch.cat([v.apply(x) for v in spec.views])
+    stacked = torch.cat([apply_view(v, x) for v in spec.views])
     values = _forward(detector, stacked, output, max_batch)
     return values.view(len(spec.views), len(x)).mean(dim=0)
 
@@ -242,7 +259,7 @@ def _seeded(seed: int | None, device: torch.device):
     return run()
 
 
-def mc_dropout_probabilities(
+def mc_dropout_passes(
     detector: Detector,
     x: torch.Tensor,
     n: int,
@@ -250,13 +267,15 @@ def mc_dropout_probabilities(
     output: Output | None = None,
     max_batch: int | None = None,
     seed: int | None = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` of P(fake) over ``n`` passes with dropout on, each ``(B,)``.
+) -> torch.Tensor:
+    """P(fake) of every pass with dropout on, shape ``(n, B)``, for ``x`` images or clips.
 
-    With ``spec`` each pass is the TTA mean over its views. ``seed`` (default 0) seeds
-    ``torch.manual_seed`` inside ``torch.random.fork_rng``: the same inputs in the same batches
-    give the same scores, and the caller's random state is left as it was; ``None`` draws from
-    the current generator. Raises :class:`ConfigError` when the detector has no dropout.
+    The per-pass values are what a caller needs to aggregate several inputs into one score per
+    pass before taking a spread (a video's clips, a file's faces). With ``spec`` each pass is
+    the TTA mean over its views. ``seed`` (default 0) seeds ``torch.manual_seed`` inside
+    ``torch.random.fork_rng``: the same inputs in the same batches give the same scores, and
+    the caller's random state is left as it was; ``None`` draws from the current generator.
+    Raises :class:`ConfigError` when the detector has no dropout or ``n`` < 2.
     """
     check_mc_dropout(detector, n)
     spec = parse_tta(spec)
@@ -267,11 +286,18 @@ def mc_dropout_probabilities(
                 passes.append(_forward(detector, x, output, max_batch))
             else:
                 passes.append(tta_probabilities(detector, x, spec, output, max_batch))
-    stack = torch.stack(passes)
+    return torch.stack(passes)
+
+
+def mc_dropout_probabilities(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` of P(fake) over the passes of :func:`mc_dropout_passes` (same
+    arguments), each ``(B,)``; the std is unbiased (over the passes)."""
+    stack = mc_dropout_passes(*args, **kwargs)
     return stack.mean(dim=0), stack.std(dim=0, unbiased=True)
 
 
 __all__ = [
-    "VIEW_HELP", "TTASpec", "View", "check_mc_dropout", "crop_view", "dropout_modules", "dropout_on",
-    "mc_dropout_probabilities", "parse_tta", "scale_view", "tta_probabilities",
+    "VIEW_HELP", "TTASpec", "View", "apply_view", "check_mc_dropout", "crop_view",
+    "dropout_modules", "dropout_on", "mc_dropout_passes", "mc_dropout_probabilities", "parse_tta",
+    "scale_view", "tta_probabilities",
 ]

@@ -82,6 +82,9 @@ class Detector(nn.Module):
     # Temperature scaling (set by calibration, stored in the checkpoint meta): probabilities()
     # divides the logits by it. 1.0 leaves the scores exactly as the network gives them.
     temperature: float = 1.0
+    # Noise samples per image for the marginalised training loss of a variance head
+    # (deepfake_detect.training.losses.marginal_fake_logit); read only when predicts_variance.
+    variance_samples: int = 16
 
     def __init__(self, config: ModelConfig, input_size: int, mean, std) -> None:
         super().__init__()
@@ -107,6 +110,31 @@ class Detector(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from :meth:`extract_features` output: the part that trains as the head."""
         return self.head(features)
+
+    @property
+    def predicts_variance(self) -> bool:
+        """Whether the detector has a variance head (``variance_head``, e.g. ``model.uncertainty``).
+
+        Such a detector predicts, besides its logits, the log-variance of a Gaussian over its
+        fake logit (heteroscedastic aleatoric uncertainty): see :meth:`classify_with_variance`.
+        """
+        return getattr(self, "variance_head", None) is not None
+
+    def classify_with_variance(
+        self, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`classify` plus the log-variance of the fake logit, shape ``(B,)``; None for
+        detectors without a variance head. The logits are those :meth:`classify` gives."""
+        return self.classify(features), None
+
+    def forward_with_variance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits, log_var)`` for an input batch; ``log_var`` None without a variance head.
+
+        Detectors without one run their plain ``forward``, so their logits are unchanged.
+        """
+        if not self.predicts_variance:
+            return self(x), None
+        return self.classify_with_variance(self.extract_features(x))
 
     def train(self, mode: bool = True) -> "Detector":
         super().train(mode)

@@ -119,7 +119,7 @@ class FSFMDetector(TimmDetector):
 
     def adapt_state_dict(self, state_dict: dict) -> dict:
         if not any(k in state_dict for k in ("cls_token", "pos_embed")):
-            return state_dict  # this tool's layout (backbone.*, head.*)
+            return super().adapt_state_dict(state_dict)  # this tool's layout (backbone.*, head.*)
         if "head.weight" not in state_dict:
             raise CheckpointError(
                 "this is a pretrained FSFM encoder (no classifier head): give it as "
@@ -131,7 +131,7 @@ class FSFMDetector(TimmDetector):
                 out[f"head.fc.{key[len('head.'):]}"] = value
             else:
                 out[f"backbone.{key}"] = value
-        return out
+        return super().adapt_state_dict(out)  # e.g. a fresh variance head (model.uncertainty)
 
 
 register_detector(

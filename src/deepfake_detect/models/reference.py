@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deepfake_detect.config.reference import markdown_table
-from deepfake_detect.config.schema import ExperimentConfig
+from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember, ExperimentConfig
 
 
 def config_reference() -> str:
@@ -26,6 +26,10 @@ def config_reference() -> str:
         "#### `model` for `dual_stream` (default `num_classes` 1: one fake logit for BCE; plus `mean`, `std`, `freeze`, `weights` as "
         "above; `input_size` equals `hq.size`)",
         markdown_table(DualStreamConfig, "model.", skip=_shared_keys()),
+        "#### Ensemble file (`--checkpoint ensemble.yaml`; written by `calibrate` with several "
+        "checkpoints)",
+        markdown_table(EnsembleConfig, "ensemble."),
+        markdown_table(EnsembleMember, "ensemble.members[]."),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 from typing import Any, Literal
 
 import timm
@@ -10,12 +12,24 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from deepfake_detect.config.schema import Strict
 from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models.attention import CBAM, SqueezeExcite
 from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
 from deepfake_detect.models.heads import HeadConfig, build_head
 from deepfake_detect.models.registry import weights_follow
 from deepfake_detect.models.weights import load_backbone_weights
+
+log = logging.getLogger(__name__)
+
+# Soft bound of the predicted log-variance: |log_var| < 10, i.e. the variance of the fake logit
+# stays within about [4.5e-5, 2.2e4], so exp() cannot overflow, even in half precision.
+LOG_VAR_LIMIT = 10.0
+# The variance head starts at a constant log-variance of -2 (variance 0.14, std 0.37): the
+# marginalised loss then shrinks a logit by a factor of only about 1 / sqrt(1 + pi * 0.14 / 8)
+# = 0.97, so the class head first trains almost as it would without the option, while the
+# gradient reaching the log-variance (proportional to the variance) is far from negligible.
+INITIAL_LOG_VAR = -2.0
 
 # create_model arguments this detector sets itself, and the config key that controls each.
 _RESERVED_KWARGS = {
@@ -28,6 +42,24 @@ _RESERVED_KWARGS = {
     "checkpoint_path": "model.pretrained",
     "cache_dir": "model.allow_download",
 }
+
+
+class UncertaintyConfig(Strict):
+    """The optional variance head (predicted aleatoric uncertainty of the fake logit)."""
+
+    enabled: bool = Field(
+        False,
+        description="add a variance head: a linear layer on the pooled features predicting the "
+        "log-variance of the fake logit (heteroscedastic aleatoric uncertainty, Kendall & Gal "
+        "2017); training marginalises the loss over that logit noise, prediction reports the "
+        "variance per input",
+    )
+    samples: int = Field(
+        16,
+        ge=2,
+        description="noise samples per training image for the marginalised loss (a Monte-Carlo "
+        "estimate of P(fake) under the predicted logit distribution)",
+    )
 
 
 class TimmDetectorConfig(ModelConfig):
@@ -48,6 +80,7 @@ class TimmDetectorConfig(ModelConfig):
         description="extra timm.create_model arguments, e.g. {depth: 2, embed_dim: 32}",
     )
     grad_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)
 
     @field_validator("backbone_kwargs")
     @classmethod
@@ -99,7 +132,12 @@ def download_failed(name: str, exc: Exception, key: str = "model.pretrained") ->
 
 
 class TimmDetector(Detector):
-    """``timm`` backbone -> (attention on the feature map) -> pooling -> head."""
+    """``timm`` backbone -> (attention on the feature map) -> pooling -> head.
+
+    With ``model.uncertainty.enabled`` a second head on the same pooled features,
+    ``variance_head``, predicts the log-variance of the fake logit (see
+    :meth:`classify_with_variance`); ``forward`` still returns the logits alone.
+    """
 
     config: TimmDetectorConfig
 
@@ -125,6 +163,8 @@ class TimmDetector(Detector):
         self.feature_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.attention = self._build_attention(fixed) if config.attention != "none" else None
         self.head = build_head(config.head, self.feature_dim, config.num_classes)
+        self.variance_head = self._build_variance_head() if config.uncertainty.enabled else None
+        self.variance_samples = config.uncertainty.samples
         self.pretrained_report: dict[str, Any] | None = None
         if config.pretrained is not None and not weights_follow():
             self.pretrained_report = self.load_pretrained(config.pretrained)
@@ -202,6 +242,16 @@ class TimmDetector(Detector):
             return SqueezeExcite(channels, cfg.attention_reduction)
         return CBAM(channels, cfg.attention_reduction)
 
+    def _build_variance_head(self) -> nn.Linear:
+        layer = nn.Linear(self.feature_dim, 1)
+        # Zero weights: every input starts at the same log-variance, so no sample is marked
+        # uncertain by chance before training; the weights' gradients are not zero (they scale
+        # with the features), so it learns from the first step.
+        nn.init.zeros_(layer.weight)
+        # The inverse of the bound applied in classify_with_variance.
+        nn.init.constant_(layer.bias, LOG_VAR_LIMIT * math.atanh(INITIAL_LOG_VAR / LOG_VAR_LIMIT))
+        return layer
+
     def train(self, mode: bool = True) -> "TimmDetector":
         super().train(mode)
         freeze = self.config.freeze
@@ -217,7 +267,24 @@ class TimmDetector(Detector):
         names = super().head_parameter_names()
         if self.attention is not None:
             names |= {f"attention.{n}" for n, _ in self.attention.named_parameters()}
+        if self.variance_head is not None:
+            names |= {f"variance_head.{n}" for n, _ in self.variance_head.named_parameters()}
         return names
+
+    def adapt_state_dict(self, state_dict: dict) -> dict:
+        """Weights of a detector without a variance head (``model.weights`` of a model trained
+        without ``model.uncertainty``) start this one's variance head from its initialisation."""
+        if self.variance_head is None or any(k.startswith("variance_head.") for k in state_dict):
+            return state_dict
+        if not any(k.startswith("head.") for k in state_dict):
+            return state_dict  # not a whole detector: let the strict load explain the mismatch
+        log.warning(
+            "the weights hold no variance head: model.uncertainty's head starts from its "
+            "initialisation (constant variance %.2g) and means nothing until trained",
+            math.exp(INITIAL_LOG_VAR),
+        )
+        fresh = {f"variance_head.{k}": v for k, v in self.variance_head.state_dict().items()}
+        return {**state_dict, **fresh}
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(x)
@@ -225,8 +292,23 @@ class TimmDetector(Detector):
             return self.backbone.forward_head(feats, pre_logits=True)
         return feats  # the attention block trains with the head, so it sees the feature map
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, features: torch.Tensor) -> torch.Tensor:
         if self.attention is not None:
             features = self.backbone.forward_head(self.attention(features), pre_logits=True)
-        return self.head(features)
+        return features
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self._pooled(features))
+
+    def classify_with_variance(
+        self, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pooled = self._pooled(features)  # the attention block runs once for both heads
+        logits = self.head(pooled)
+        if self.variance_head is None:
+            return logits, None
+        raw = self.variance_head(pooled)[:, 0]
+        # A smooth bound rather than clamp(): a clamped value gets no gradient and could stay
+        # stuck at the limit; near zero the bound is the identity.
+        return logits, LOG_VAR_LIMIT * torch.tanh(raw / LOG_VAR_LIMIT)
 

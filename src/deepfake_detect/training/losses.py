@@ -21,6 +21,20 @@ The batch loss is the plain mean over samples, the same for every loss name (thi
 ``F.cross_entropy(weight=)``, which divides by the sum of the weights; a plain mean keeps a batch
 an unbiased estimate of the class-balanced risk). Pass weights that average 1 over the training
 set, e.g. ``n / (2 * n_c)``, to keep the loss scale, and so the effective learning rate.
+
+A detector with a variance head (``model.uncertainty``) predicts, besides its fake logit ``z``,
+the log-variance ``v`` of a Gaussian over it (heteroscedastic aleatoric uncertainty, Kendall &
+Gal 2017: "What uncertainties do we need in Bayesian deep learning for computer vision?").
+Training marginalises over that noise: :func:`marginal_fake_logit` draws ``T`` logits
+``z_t = z + exp(v / 2) * eps_t`` and returns the single logit
+``s = log mean_t sigmoid(z_t) - log mean_t sigmoid(-z_t)``, whose sigmoid is the Monte-Carlo
+estimate of P(fake) = E[sigmoid(z + noise)]. :func:`logits_like_head` shapes ``s`` like the
+head's logits, so every loss above (smoothing, class weights, focal, soft targets) applies to it
+unchanged; its cross-entropy for a fake label is ``-log mean_t sigmoid(z_t)``, Kendall & Gal's
+marginalised classification loss. Noise moves the mean sigmoid towards 1/2, so a large variance
+lowers the loss of samples the mean logit gets confidently wrong (e.g. noisy labels) and raises
+it for those it gets right: the head learns a large variance exactly where the labels are
+unpredictable from the image.
 """
 
 from __future__ import annotations
@@ -166,3 +180,43 @@ def build_loss(
             alpha=cfg.focal_alpha,
         )
     return BinaryLoss(num_classes, fake_index, cfg.label_smoothing, class_weights)
+
+
+def marginal_fake_logit(
+    fake_logit: Tensor,
+    log_var: Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The logit of P(fake) marginalised over Gaussian noise on the fake logit, in float32.
+
+    ``fake_logit`` and ``log_var`` are ``(B,)``; ``samples`` noise draws per input (from
+    ``generator``, default torch's global one). Returns ``(B,)``
+    ``s = log mean_t sigmoid(z_t) - log mean_t sigmoid(-z_t)``, ``z_t = z + exp(v / 2) eps_t``,
+    computed with logsigmoid and logsumexp, so it neither overflows nor loses the tails. As the
+    variance goes to 0, ``s`` goes to ``z``; gradients reach both inputs.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    if fake_logit.shape != log_var.shape:
+        raise ValueError(
+            f"fake_logit {tuple(fake_logit.shape)} and log_var {tuple(log_var.shape)} must have "
+            "the same shape"
+        )
+    z = fake_logit.float()
+    eps = torch.randn(
+        (*z.shape, samples), generator=generator, device=z.device, dtype=torch.float32
+    )
+    z_t = z.unsqueeze(-1) + (0.5 * log_var.float()).exp().unsqueeze(-1) * eps
+    # The 1/T of both means cancels in the difference.
+    return torch.logsumexp(F.logsigmoid(z_t), dim=-1) - torch.logsumexp(F.logsigmoid(-z_t), dim=-1)
+
+
+def logits_like_head(fake_logit: Tensor, num_classes: int, fake_index: int = 1) -> Tensor:
+    """Logits of a ``num_classes`` head whose fake logit (see ``Detector.fake_logit``) is
+    ``fake_logit``: ``(B, 1)``, or ``(B, 2)`` with the fake column ``fake_logit`` and the other 0.
+    """
+    if num_classes == 1:
+        return fake_logit.unsqueeze(1)
+    zero = torch.zeros_like(fake_logit)
+    return torch.stack([zero, fake_logit] if fake_index == 1 else [fake_logit, zero], dim=1)

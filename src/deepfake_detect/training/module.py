@@ -3,6 +3,11 @@
 Validation predictions are gathered from every process and de-duplicated by sample index before
 metrics are computed, so that distributed validation gives the same numbers as one process
 (the distributed sampler pads ranks with repeated samples).
+
+A detector with a variance head (``model.uncertainty``) trains on the loss marginalised over
+its predicted fake-logit noise (:func:`~deepfake_detect.training.losses.marginal_fake_logit`)
+and logs ``train_logit_var``, the mean predicted variance per epoch; validation scores its
+deterministic logits, so metrics and thresholds mean what they mean without the head.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from deepfake_detect.evaluation.metrics import binary_metrics
 from deepfake_detect.evaluation.thresholds import choose_threshold
 from deepfake_detect.models.checkpoint import checkpoint_meta
 from deepfake_detect.models.detector import Detector
-from deepfake_detect.training.losses import build_loss
+from deepfake_detect.training.losses import build_loss, logits_like_head, marginal_fake_logit
 from deepfake_detect.training.optim import build_optimizer, build_scheduler
 
 LOWER_IS_BETTER = {"val_loss", "val_eer"}
@@ -68,17 +73,30 @@ class DetectorModule(L.LightningModule):
         for path, reason in batch.get("skipped", ()):
             self.skipped[path] = reason
 
-    def _logits(self, batch: dict, split: str) -> torch.Tensor:
+    def _logits(self, batch: dict, split: str, with_variance: bool = False):
+        """The batch's logits; with ``with_variance`` ``(logits, log_var)`` of a variance head."""
+        classify = self.model.classify_with_variance if with_variance else self.model.classify
         if "features" in batch:  # served from the feature cache: only the head runs
-            return self.model.classify(batch["features"])
+            return classify(batch["features"])
         x = self._images(batch)
         cache = self.feature_cache
         if cache is None or not cache.wants(split):
-            return self.model(x)
+            return self.model.forward_with_variance(x) if with_variance else self.model(x)
         with torch.no_grad():
             features = self.model.extract_features(x)
         cache.put(split, batch["index"], features)
-        return self.model.classify(features)
+        return classify(features)
+
+    def _marginal_logits(self, batch: dict, n: int) -> torch.Tensor:
+        """Logits of P(fake) marginalised over the predicted logit noise (see losses)."""
+        logits, log_var = self._logits(batch, "train", with_variance=True)
+        self.log(
+            "train_logit_var", log_var.detach().float().exp().mean(),
+            on_step=False, on_epoch=True, batch_size=n,
+        )
+        model = self.model
+        s = marginal_fake_logit(model.fake_logit(logits), log_var, model.variance_samples)
+        return logits_like_head(s, model.num_classes, model.fake_index)
 
     @staticmethod
     def _empty(batch: dict) -> bool:
@@ -98,9 +116,12 @@ class DetectorModule(L.LightningModule):
             batch = {**batch, "image": self._images(batch)}
             batch["image"], targets = self.mixup(batch["image"], labels)
             labels = targets[:, 1].float()
-        logits = self._logits(batch, "train")
-        loss = self.criterion(logits, labels)
         n = len(batch["label"])
+        if self.model.predicts_variance:
+            logits = self._marginal_logits(batch, n)
+        else:
+            logits = self._logits(batch, "train")
+        loss = self.criterion(logits, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         extra = self.model.regularization_loss()
         if extra is not None:

@@ -162,9 +162,6 @@ def train(
         from deepfake_detect.inference.tta import parse_tta
 
         parse_tta(config.eval.tta)
-        if data_cls is ClipDataModule:
-            raise ConfigError(f"eval.tta: test-time views apply to face-crop images, not to the "
-                              f"clips of the video detector {model_cfg.name!r}; set it to null")
     if data_cls is ClipDataModule and config.data.augment.cutmix_alpha > 0:
         raise ConfigError(
             "data.augment.cutmix_alpha: cutmix cuts boxes out of images, not clips; the video "

@@ -1,0 +1,137 @@
+"""``deepfake-detect calibrate`` for an ensemble: fit the voting weights and the threshold on
+validation data and write an ensemble file that predict and evaluate read.
+
+The members keep their own temperatures and thresholds (calibrate each member first to change
+those). Soft and logits weights are fitted by minimising the validation negative log-likelihood
+of the ensemble score (:func:`~deepfake_detect.inference.ensemble.fit_weights`); given weights
+(``--weights``) are kept, and only the threshold is chosen. The test split is refused, as for
+a single checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.evaluation.calibration import (
+    FitSummary,
+    _check_arguments,
+    calibration_samples,
+)
+from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error, roc_auc
+from deepfake_detect.evaluation.thresholds import choose_threshold
+from deepfake_detect.inference.ensemble import fit_weights, load_ensemble, write_ensemble_file
+
+_EPS = 1e-7
+
+
+def _report(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    p = np.clip(scores, _EPS, 1 - _EPS)
+    nll = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return {"nll": nll, "ece": expected_calibration_error(labels, scores),
+            "brier": brier_score(labels, scores), "auc": roc_auc(labels, scores)}
+
+
+@dataclass(kw_only=True)
+class EnsembleCalibration(FitSummary):
+    """What calibrate fitted for an ensemble, with the validation figures before and after."""
+
+    method: str
+    members: list[str]
+    member_auc: list[float]
+    weights_before: list[float]
+    weights: list[float]
+    fitted: bool
+    temperature: float
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(quantity, before, after) rows for printing."""
+        rows = [(f"weight {name} (AUC {auc:.4f})", f"{b:.4f}", f"{a:.4f}")
+                for name, auc, b, a in zip(self.members, self.member_auc, self.weights_before,
+                                           self.weights)]
+        if self.method == "logits":
+            rows.append(("temperature", "1", f"{self.temperature:.4g}"))
+        rows.append(("threshold", f"{self.threshold_before:.4g}", f"{self.threshold:.4g}"))
+        for key in ("auc", "nll", "ece", "brier"):
+            rows.append((key, f"{self.before[key]:.4f}", f"{self.after[key]:.4f}"))
+        return rows
+
+
+def calibrate_ensemble(
+    checkpoints: Sequence[str | Path],
+    data: Sequence[str | Path],
+    out: str | Path,
+    split: str = "auto",
+    threshold_strategy: str = "eer",
+    target_fpr: float = 0.01,
+    method: str | None = None,
+    weights: str | Sequence[float] | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    config: str | Path | None = None,
+) -> EnsembleCalibration:
+    """Fit weights (unless given, or ``hard``) and a threshold; write the ensemble file ``out``
+    (``.yaml``) and ``calibration.json`` beside it."""
+    _check_arguments(threshold_strategy, target_fpr, split, data)
+    out = Path(out)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: an ensemble is written as a .yaml ensemble file")
+    ensemble = load_ensemble(checkpoints, method, weights, config)
+    samples = calibration_samples(ensemble, data, split, out.parent, progress)
+    values, _ = ensemble.member_values(
+        samples, batch_size=batch_size, num_workers=num_workers, device=device,
+        progress=progress, description="calibrating",
+    )
+    ok = ~np.isnan(values).any(axis=0)
+    if not ok.any():
+        raise DataError(f"none of the {ok.size} calibration inputs could be scored")
+    values = values[:, ok]
+    y = np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64)
+
+    weights_before = ensemble.weights.copy()
+    threshold_before = ensemble.threshold
+    before = _report(y, ensemble.combine(values))
+    fitted = weights is None and ensemble.method != "hard"
+    notes = []
+    if fitted:
+        ensemble.weights, ensemble.temperature = fit_weights(values, y, ensemble.method)
+    elif ensemble.method == "hard" and weights is None:
+        notes.append("hard voting: weights kept as given (they can not be fitted), threshold chosen")
+    scores = ensemble.combine(values)
+    if threshold_strategy != "keep":
+        value = target_fpr if threshold_strategy == "fpr" else 0.5
+        ensemble.threshold = choose_threshold(y, scores, threshold_strategy, value)
+    member_auc = [roc_auc(y, p) for p in ensemble.member_probabilities(values)]
+    result = EnsembleCalibration(
+        out=str(out), data=[str(d) for d in data], split=split, method=ensemble.method,
+        n=int(y.size), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1)),
+        members=[m.name for m in ensemble.members], member_auc=member_auc,
+        weights_before=[float(w) for w in weights_before],
+        weights=[float(w) for w in ensemble.weights], fitted=fitted,
+        temperature=ensemble.temperature, threshold_before=threshold_before,
+        threshold=ensemble.threshold, threshold_strategy=threshold_strategy,
+        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
+        before=before, after=_report(y, scores), notes=notes,
+    )
+    ensemble.calibration = _meta(result)
+    write_ensemble_file(ensemble.config(), out)
+    (out.parent / "calibration.json").write_text(json.dumps(asdict(result), indent=2), "utf-8")
+    return result
+
+
+def _meta(result: EnsembleCalibration) -> dict[str, Any]:
+    """The ``calibration`` entry of the ensemble file."""
+    return {
+        "data": result.data, "split": result.split, "n": result.n, "fitted": result.fitted,
+        "threshold_strategy": result.threshold_strategy, "target_fpr": result.target_fpr,
+        **{f"{k}_before": v for k, v in result.before.items()},
+        **{f"{k}_after": v for k, v in result.after.items()},
+    }

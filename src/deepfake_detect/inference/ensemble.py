@@ -1,0 +1,441 @@
+"""Ensembles of image detectors: several checkpoints scored one after another, votes combined.
+
+Each member keeps its own preprocessing (input size, mean/std, temperature): the inputs are
+read once per member with that member's transform, so members trained at 224 and 380 pixels,
+or with ImageNet and CLIP normalisation, combine correctly. Only one member sits on the device
+at a time, so an ensemble needs no more accelerator memory than its largest member.
+
+Methods (``EnsembleConfig.method``), with weights ``w`` normalised to sum 1:
+
+* ``soft`` - ``sum_i w_i p_i``, the weighted mean of the members' P(fake);
+* ``logits`` - ``sigmoid(sum_i w_i z_i / T)``, with ``z_i`` member i's (temperature-scaled) fake
+  logit and ``T`` the ensemble's own temperature (1 unless calibrated);
+* ``hard`` - ``sum_i w_i [p_i > t_i]``, the weighted share of members calling the input fake at
+  their own thresholds ``t_i``. With the default ensemble threshold 0.5 an input is fake when
+  more than half of the weighted votes say so (a tie is real, as for any score equal to the
+  threshold).
+
+``score_std`` of an ensemble is the standard deviation of the members' P(fake) (unbiased, over
+members, unweighted): how much the members disagree about an input.
+
+Weights are given (``--weights`` or the ensemble file) or fitted on validation data by
+``deepfake-detect calibrate`` (:func:`fit_weights`), which writes an ensemble file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember
+from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.evaluation.metrics import predict_labels
+from deepfake_detect.inference.scoring import Scores, score_files
+from deepfake_detect.inference.tta import TTASpec, parse_tta
+from deepfake_detect.models.detector import Detector
+
+ENSEMBLE_METHODS = ("soft", "hard", "logits")
+# Probabilities are kept this far from 0 and 1 where a log is taken (fitting the weights).
+_EPS = 1e-7
+
+
+@dataclass
+class Member:
+    name: str
+    checkpoint: str
+    detector: Detector
+    weight: float
+    config: str | None = None
+
+
+@dataclass
+class EnsembleScores(Scores):
+    """:class:`Scores` of the ensemble plus each member's P(fake), shape (members, inputs)."""
+
+    members: np.ndarray | None = None
+
+
+def is_ensemble_file(path: str | Path) -> bool:
+    """A YAML file with a top-level ``ensemble`` section."""
+    path = Path(path)
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return False
+    from deepfake_detect.config.loading import read_yaml
+
+    raw = read_yaml(path)
+    return isinstance(raw, dict) and "ensemble" in raw
+
+
+def read_ensemble_file(path: str | Path) -> EnsembleConfig:
+    """The validated ``ensemble`` section; member paths are resolved against the file's folder."""
+    from deepfake_detect.config.loading import read_yaml, validate
+
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("ensemble"), dict):
+        raise ConfigError(
+            f"{path}: an ensemble file needs an 'ensemble:' section with 'members:' (see the "
+            "README, Ensembles)"
+        )
+    cfg = validate(EnsembleConfig, raw["ensemble"], "ensemble", str(path))
+    base = path.parent
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    members = [
+        m.model_copy(update={"checkpoint": resolve(m.checkpoint) or m.checkpoint,
+                             "config": resolve(m.config) or m.config})
+        for m in cfg.members
+    ]
+    return cfg.model_copy(update={"members": members})
+
+
+def write_ensemble_file(cfg: EnsembleConfig, path: str | Path) -> Path:
+    """Write ``cfg`` as an ensemble file, member paths relative to its folder where possible
+    (so the file moves with the checkpoints)."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    for member in data["members"]:
+        for key in ("checkpoint", "config"):
+            if key in member:
+                member[key] = _relative(Path(member[key]), path.parent)
+    path.write_text(yaml.safe_dump({"ensemble": data}, sort_keys=False), "utf-8")
+    return path
+
+
+def _relative(p: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(p.resolve(), base.resolve())
+    except ValueError:  # another drive on Windows
+        return str(p.resolve())
+
+
+def _member_names(paths: Sequence[Path]) -> list[str]:
+    """Short unique names: the file stem, or the run folder for the generic names a run writes."""
+    generic = {"model", "best", "last", "adapter", "checkpoint"}
+    names = []
+    for p in paths:
+        p = Path(p)
+        stem = p.stem if p.suffix else p.name
+        if stem in generic or stem.startswith("epoch="):
+            parents = [q.name for q in p.resolve().parents if q.name not in ("checkpoints", "")]
+            stem = parents[0] if parents else stem
+        names.append(stem)
+    counts: dict[str, int] = {}
+    unique = []
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+        unique.append(n if names.count(n) == 1 else f"{n}#{counts[n]}")
+    return unique
+
+
+def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float] | None:
+    """``--weights 2,1,1`` as floats, one per checkpoint, >= 0, not all 0."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        try:
+            values = [float(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ConfigError(f"--weights {text!r}: give numbers separated by commas, e.g. 2,1") from None
+    else:
+        values = [float(v) for v in text]
+    if len(values) != n:
+        raise ConfigError(f"--weights: {len(values)} weights for {n} checkpoints; give one per checkpoint")
+    if any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise ConfigError(f"--weights {values}: weights must be >= 0 and not all 0")
+    return values
+
+
+class Ensemble:
+    """Several image detectors whose scores are combined (see the module docstring)."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        method: str = "soft",
+        threshold: float | None = None,
+        temperature: float = 1.0,
+        calibration: dict[str, Any] | None = None,
+    ) -> None:
+        from deepfake_detect.inference.clips import is_sequence_detector
+
+        if method not in ENSEMBLE_METHODS:
+            raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
+        if len(members) < 2:
+            raise ConfigError("an ensemble needs two or more checkpoints")
+        for m in members:
+            if is_sequence_detector(m.detector):
+                raise ConfigError(
+                    f"ensemble member {m.checkpoint}: the video detector "
+                    f"{m.detector.config.name!r} scores clips, not images; ensembles combine "
+                    "image detectors (evaluate it on its own)"
+                )
+        weights = np.asarray([m.weight for m in members], dtype=np.float64)
+        if np.any(weights < 0) or weights.sum() <= 0:
+            raise ConfigError("ensemble weights must be >= 0 and not all 0")
+        self.members = list(members)
+        self.weights = weights / weights.sum()
+        self.method = method
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.temperature = float(temperature)
+        self.calibration = calibration
+
+    # The face pipeline (videos in dataset folders, raw videos to predict on) and the default
+    # video aggregation come from the first member: the crops must be the same for all.
+    @property
+    def primary(self) -> Detector:
+        return self.members[0].detector
+
+    @property
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return getattr(self.primary, "checkpoint_meta", {}) or {}
+
+    def config(self) -> EnsembleConfig:
+        return EnsembleConfig(
+            method=self.method,
+            threshold=self.threshold,
+            temperature=self.temperature,
+            members=[
+                EnsembleMember(checkpoint=Path(m.checkpoint), config=m.config and Path(m.config),
+                               weight=float(w))
+                for m, w in zip(self.members, self.weights)
+            ],
+            calibration=self.calibration,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The ensemble as recorded in metrics.json and run.json."""
+        return {
+            "method": self.method,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "members": [
+                {"name": m.name, "checkpoint": m.checkpoint, "config": m.config,
+                 "weight": float(w), "threshold": float(m.detector.threshold),
+                 "input_size": m.detector.input_size}
+                for m, w in zip(self.members, self.weights)
+            ],
+        }
+
+    # -- combining ---------------------------------------------------------------------------
+    def member_output(self, detector: Detector) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What each member contributes per input: its fake logit over its temperature for
+        ``logits``, its P(fake) otherwise (a TTA spec averages this value over the views)."""
+        if self.method == "logits":
+            return lambda logits: detector.fake_logit(logits.float()) / detector.temperature
+        return detector.probabilities
+
+    def member_probabilities(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if self.method == "logits":
+            return np.exp(-np.logaddexp(0.0, -values))
+        return values
+
+    def combine(self, values: np.ndarray) -> np.ndarray:
+        """Ensemble scores from the members' values, shape (members, inputs) -> (inputs,)."""
+        values = np.asarray(values, dtype=np.float64)
+        w = self.weights[:, None]
+        if self.method == "soft":
+            return (w * values).sum(0)
+        if self.method == "logits":
+            z = (w * values).sum(0) / self.temperature
+            return np.exp(-np.logaddexp(0.0, -z))
+        votes = np.stack([
+            predict_labels(np.nan_to_num(v), m.detector.threshold)
+            for v, m in zip(values, self.members)
+        ]).astype(np.float64)
+        votes[np.isnan(values)] = np.nan
+        return (w * votes).sum(0)
+
+    def disagreement(self, values: np.ndarray) -> np.ndarray:
+        """Standard deviation of the members' P(fake) per input."""
+        return np.std(self.member_probabilities(values), axis=0, ddof=1)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def member_values(
+        self,
+        samples: Sequence[Any],
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        description: str = "scoring",
+        tta: TTASpec | str | None = None,
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """(members, inputs) values of :meth:`member_output` (NaN where unreadable) and the errors."""
+        spec = parse_tta(tta)
+        values = np.full((len(self.members), len(samples)), np.nan, dtype=np.float64)
+        errors: dict[int, str] = {}
+        for i, m in enumerate(self.members):
+            result = score_files(
+                m.detector, samples, batch_size=batch_size, num_workers=num_workers,
+                device=device, progress=progress, description=f"{description} [{m.name}]",
+                output=self.member_output(m.detector), tta=spec,
+            )
+            values[i] = result.scores
+            for index, reason in result.errors.items():
+                errors.setdefault(index, reason)
+            m.detector.to("cpu")  # one member on the device at a time
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return values, errors
+
+    def score_files(self, samples: Sequence[Any], **kwargs: Any) -> EnsembleScores:
+        """Like :func:`~deepfake_detect.inference.scoring.score_files` for the ensemble:
+        ``scores`` the ensemble score, ``std`` the members' disagreement, ``members`` each
+        member's P(fake). An input that any member could not read gets NaN."""
+        values, errors = self.member_values(samples, **kwargs)
+        bad = np.isnan(values).any(axis=0)
+        scores = self.combine(np.where(bad, 0.0, values))
+        std = self.disagreement(np.where(bad, 0.0, values))
+        scores[bad], std[bad] = np.nan, np.nan
+        members = self.member_probabilities(values)
+        return EnsembleScores(scores=scores, errors=errors, std=std, members=members)
+
+
+def check_scoring_options(
+    model: Detector | Ensemble, tta: TTASpec | str | None, mc_dropout: int
+) -> TTASpec | None:
+    """Parse ``tta`` and check ``mc_dropout`` for ``model`` before any input is read: a bad
+    spec, a detector without dropout, or Monte-Carlo dropout asked of an ensemble (whose
+    ``score_std`` is already its members' spread) raise :class:`ConfigError`."""
+    from deepfake_detect.inference.tta import check_mc_dropout
+
+    spec = parse_tta(tta)
+    if mc_dropout and isinstance(model, Ensemble):
+        raise ConfigError(
+            "--mc-dropout with an ensemble: leave it out; an ensemble's score_std is already "
+            "the spread of its members' scores"
+        )
+    if mc_dropout:
+        check_mc_dropout(model, mc_dropout)
+    return spec
+
+
+def fit_weights(values: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """Weights (summing to 1) and, for ``logits``, a temperature minimising the validation
+    negative log-likelihood of the ensemble score.
+
+    ``values``: (members, inputs) member values as :meth:`Ensemble.member_output` gives them
+    (P(fake) for soft, fake logits for logits). Hard voting has no likelihood to fit (its score
+    moves in steps), so its weights must be given.
+    """
+    if method == "hard":
+        raise ConfigError(
+            "hard voting weights can not be fitted (the vote share has no smooth likelihood); "
+            "give --weights, or fit with --ensemble soft or logits"
+        )
+    if method not in ENSEMBLE_METHODS:
+        raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
+    v = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    if v.ndim != 2 or v.shape[1] != y.numel():
+        raise DataError(f"member values {tuple(v.shape)} do not match {y.numel()} labels")
+    if not (0 < float(y.sum()) < y.numel()):
+        raise DataError("fitting ensemble weights needs validation data with real and fake samples")
+    # softmax keeps the weights on the simplex; the log-temperature keeps T > 0. Starting from
+    # equal weights and T = 1, L-BFGS on this smooth, low-dimensional problem is deterministic.
+    a = torch.zeros(v.shape[0], dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=method == "logits")
+    params = [a, log_t] if method == "logits" else [a]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        w = torch.softmax(a, 0)[:, None]
+        if method == "soft":
+            p = (w * v).sum(0).clamp(_EPS, 1 - _EPS)
+            return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+        z = (w * v).sum(0) / log_t.exp()
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = torch.softmax(a.detach(), 0).numpy()
+    return weights, float(log_t.detach().exp()) if method == "logits" else 1.0
+
+
+def load_ensemble(
+    checkpoints: Sequence[str | Path],
+    method: str | None = None,
+    weights: str | Sequence[float] | None = None,
+    config: str | Path | None = None,
+    threshold: float | None = None,
+) -> Ensemble:
+    """An ensemble from an ensemble file (one path) or from several checkpoints.
+
+    ``method`` / ``weights`` override the file's; ``config`` (a model YAML) applies to every
+    checkpoint given directly (members needing different configs go in an ensemble file).
+    """
+    from deepfake_detect.models.checkpoint import load_detector
+
+    calibration = None
+    temperature = 1.0
+    if len(checkpoints) == 1 and is_ensemble_file(checkpoints[0]):
+        if config is not None:
+            raise ConfigError(
+                f"--config with the ensemble file {checkpoints[0]}: give each member's config "
+                "in the file (members[].config)"
+            )
+        cfg = read_ensemble_file(checkpoints[0])
+        entries = [(m.checkpoint, m.config, m.weight) for m in cfg.members]
+        method = method or cfg.method
+        threshold = cfg.threshold if threshold is None else threshold
+        temperature, calibration = cfg.temperature, cfg.calibration
+        if weights is not None or method != cfg.method:
+            calibration = None  # the fitted figures no longer describe this ensemble
+            temperature = 1.0 if method != cfg.method else temperature
+    else:
+        for c in checkpoints:
+            if is_ensemble_file(c):
+                raise ConfigError(f"{c}: an ensemble file must be the only --checkpoint")
+        entries = [(Path(c), config and Path(config), 1.0) for c in checkpoints]
+        method = method or "soft"
+    given = parse_weights(weights, len(entries))
+    if given is not None:
+        entries = [(c, cf, w) for (c, cf, _), w in zip(entries, given)]
+    names = _member_names([c for c, _, _ in entries])
+    members = []
+    for name, (ckpt, cfg_path, weight) in zip(names, entries):
+        detector = load_detector(ckpt, cfg_path)
+        members.append(Member(name, str(ckpt), detector, float(weight),
+                               None if cfg_path is None else str(cfg_path)))
+    return Ensemble(members, method, threshold, temperature, calibration)
+
+
+def load_model(
+    checkpoints: str | Path | Sequence[str | Path],
+    config: str | Path | None = None,
+    method: str | None = None,
+    weights: str | Sequence[float] | None = None,
+) -> Detector | Ensemble:
+    """What ``--checkpoint`` names: one detector, or an ensemble (several checkpoints, or an
+    ensemble file)."""
+    from deepfake_detect.models.checkpoint import load_detector
+
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ConfigError("give a --checkpoint")
+    if len(paths) == 1 and not is_ensemble_file(paths[0]):
+        if method is not None or weights is not None:
+            raise ConfigError(
+                "--ensemble / --weights need several --checkpoint options (or an ensemble file)"
+            )
+        return load_detector(paths[0], config)
+    return load_ensemble(paths, method, weights, config)
