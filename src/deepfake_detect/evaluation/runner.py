@@ -115,7 +115,7 @@ def evaluate_samples(
         "tta": tta.names if tta else None,
         "mc_dropout": int(mc_dropout),
     }
-    variances = result.var[ok] if getattr(result, "var", None) is not None else None
+    variances = result.var[ok] if result.var is not None else None
     if variances is not None:
         metrics["uncertainty"] = _uncertainty_report(labels, scores, threshold, variances)
     member_scores = None

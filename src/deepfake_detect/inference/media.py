@@ -136,41 +136,33 @@ class MediaScorer:
         self.aggregation = aggregation
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def _member_values(self, crops: list[np.ndarray]) -> np.ndarray:
         """An ensemble's member values per crop, ``(members, F)``."""
-        out = []
-        for detector, transform, output in self.members:
-            values = []
-            for start in range(0, len(crops), self.batch_size):
-                x = torch.stack([transform(c) for c in crops[start : start + self.batch_size]])
-                x = x.to(self.device, non_blocking=True)
-                with autocast_for(self.device):
-                    if self.tta is not None:
-                        v = tta_probabilities(detector, x, self.tta, output, max_batch=self.batch_size)
-                    else:
-                        v = output(detector(x).float())
-                values.append(v.float().cpu().numpy())
-            out.append(np.concatenate(values))
-        return np.stack(out).astype(np.float64)
+        return np.stack([self._classify(crops, *member) for member in self.members])
 
     @torch.inference_mode()
-    def _classify(self, crops: list[np.ndarray]) -> np.ndarray:
-        """P(fake) per crop, ``(F,)``; with MC dropout one row per pass, ``(n, F)``."""
+    def _classify(self, crops: list[np.ndarray], detector: Detector | None = None,
+                  transform=None, output=None) -> np.ndarray:
+        """P(fake) (or ``output`` of the logits) per crop, ``(F,)``; with MC dropout one row
+        per pass, ``(n, F)``. Default: the scorer's own detector and transform."""
+        detector = detector or self.detector
+        transform = transform or self.transform
+        output = output or detector.probabilities
         out = []
         for start in range(0, len(crops), self.batch_size):
-            x = torch.stack([self.transform(c) for c in crops[start : start + self.batch_size]])
+            x = torch.stack([transform(c) for c in crops[start : start + self.batch_size]])
             x = x.to(self.device, non_blocking=True)
             with autocast_for(self.device):
                 if self.mc_dropout:
                     values = mc_dropout_passes(
-                        self.detector, x, self.mc_dropout, self.tta, max_batch=self.batch_size,
+                        detector, x, self.mc_dropout, self.tta, output, max_batch=self.batch_size,
                         seed=self.seed + start,
                     )
                 elif self.tta is not None:
-                    values = tta_probabilities(self.detector, x, self.tta, max_batch=self.batch_size)
+                    values = tta_probabilities(detector, x, self.tta, output,
+                                               max_batch=self.batch_size)
                 else:
-                    values = self.detector.probabilities(self.detector(x).float())
+                    values = output(detector(x).float())
             out.append(values.float().cpu().numpy())
         return np.concatenate(out, axis=-1).astype(np.float64)
 

@@ -108,7 +108,7 @@ def predict_files(
                 by_file[path] = Prediction(str(path), None, None, result.errors[i])
             else:
                 std = None if result.std is None else float(result.std[i])
-                var = None if getattr(result, "var", None) is None else float(result.var[i])
+                var = None if result.var is None else float(result.var[i])
                 by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "",
                                            1, 1, std, var)
     if media:
