@@ -121,15 +121,20 @@ def test_prepare_resumes(tmp_path: Path, media: Path) -> None:
     assert again.reused == 5 and stub.calls == []
     assert (out / "manifest.csv").read_text() == first
     assert (out / "train/real/a/00000.png").stat().st_mtime_ns == stamp
-    # an interrupted video (no part file) is redone from scratch, the rest reused
+    # an interrupted video (no part file, only the journal of the crops it wrote) is redone:
+    # the crops it wrote are removed, a file it did not write is left alone, the rest reused
     parts = sorted((out / ".parts").glob("*.json"))
     for part in parts:
         if '"video": "a"' in part.read_text():
             part.unlink()
-    (out / "train/real/a/stale.png").write_bytes(b"x")
+            (out / "train/real/a/00099.png").write_bytes(b"half")
+            part.with_suffix(".pending").write_text("train/real/a/00099.png\n")
+    (out / "train/real/a/notes.png").write_bytes(b"user")
     redo = prepare([media], out, _settings(), progress=False, detector=BrightSquare())
     assert redo.reused == 4
-    assert not (out / "train/real/a/stale.png").exists()
+    assert not (out / "train/real/a/00099.png").exists()
+    assert (out / "train/real/a/notes.png").read_bytes() == b"user"
+    assert not list((out / ".parts").glob("*.pending"))
     assert (out / "manifest.csv").read_text() == first
     # other settings: everything is redone
     changed = prepare([media], out, _settings(size=48), progress=False, detector=BrightSquare())

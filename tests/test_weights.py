@@ -101,7 +101,9 @@ def test_pickled_code_is_refused(tmp_path, monkeypatch):
     assert "evil.pth" in msg
     assert "never runs pickled code" in msg
     assert "builtins.getattr" in msg and "pathlib.PosixPath" in msg  # the refused globals
-    assert "safetensors.torch.save_file" in msg and "weights_only=False" in msg
+    # Says how to re-save the weights, never how to bypass the refusal; one line.
+    assert "safetensors.torch.save_file" in msg and "weights_only=False" not in msg
+    assert "\n" not in msg
     assert not marker.exists()
 
 

@@ -15,3 +15,8 @@ class DataError(DeepfakeDetectError):
 
 class CheckpointError(DeepfakeDetectError):
     pass
+
+
+class OutputError(DeepfakeDetectError):
+    """An output the command may not write: outside its folder, over an input, into a folder in
+    use or made by someone else, or not writable."""

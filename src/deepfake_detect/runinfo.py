@@ -65,14 +65,16 @@ def create_run_dir(parent: str | Path, name: str, kind: str = "") -> Path:
 
 
 def write_run_info(run_dir: Path, config: dict | None = None, **extra) -> None:
-    """Write ``config.yaml`` (the resolved config) and ``run.json`` (version, commit, command)."""
+    """Write ``config.yaml`` (the resolved config) and ``run.json`` (version, commit, command
+    line; ``tool_command`` names the deepfake-detect command that owns the folder)."""
     import json
     import time
 
     import yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from deepfake_detect.outputs import atomic_write
+
     if config is not None:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     info = {**environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str), "utf-8")
+    atomic_write(run_dir / "run.json", json.dumps(info, indent=2, default=str))

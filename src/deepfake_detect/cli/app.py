@@ -68,9 +68,19 @@ ModelYaml = Annotated[
     typer.Option("--config", "-c", help="YAML with the model section, to read a --checkpoint "
                  "that was not written by this tool (e.g. configs/effort.yaml)."),
 ]
+def _check_threshold(value: float | None) -> float | None:
+    from deepfake_detect.config.loading import check_threshold
+
+    return check_threshold(value)
+
+
 Threshold = Annotated[
-    float | None, typer.Option(help="Decision threshold (default: the checkpoint's).")
+    float | None, typer.Option(help="Decision threshold in [0, 1] (default: the checkpoint's).",
+                               callback=_check_threshold)
 ]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Write into a non-empty folder, or replace a file, that deepfake-detect did "
+    "not write (inputs are never overwritten).")]
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 Workers = Annotated[int | None, typer.Option(help="Data loading workers (default: CPU count, max 8).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")]
@@ -116,7 +126,7 @@ def quickstart(
     epilog=_examples(
         "deepfake-detect train -c configs/mobilenetv2.yaml data.path=/data/ff++",
         "deepfake-detect train -c configs/xception.yaml --out runs/x1 train.epochs=3 data.batch_size=16",
-        "deepfake-detect train -c configs/xception.yaml --out runs/x1 --resume",
+        "deepfake-detect train --out runs/x1 --resume train.epochs=20",
         "deepfake-detect train -c configs/fsfm.yaml --strategy peft_lora model.pretrained=fsfm/checkpoint-400.pth data.path=/data/faces",
         "deepfake-detect train -c configs/fsfm.yaml --strategy feature_extractor strategy.cache_features=true data.augment.hflip=0",
         "deepfake-detect train -c configs/efficientnet_advanced.yaml --data /data/faces --use_mixup --use_amp --loss focal --scheduler cosine --epochs 30 --batch_size 16 --early_stopping 10",
@@ -124,12 +134,12 @@ def quickstart(
     )
 )
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see configs/).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML (see configs/); with --resume, default: the run's saved config.yaml.")] = None,
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Config overrides key=value, e.g. train.epochs=3")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default <output_dir>/<name>-<time>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its newest complete checkpoint (its saved config is the truth; only epochs and the like may change).")] = False,
     strategy: Annotated[
         str | None,
         typer.Option(help="fine_tuning, feature_extractor or peft_lora: the same as strategy.name=NAME."),
@@ -160,6 +170,10 @@ def train(
     from deepfake_detect.config.flags import flag_overrides
     from deepfake_detect.training.runner import train as run_train
 
+    if config is None:
+        if not (resume and out is not None):
+            raise typer.BadParameter("give the experiment YAML (--config FILE)", param_hint="--config")
+        config = out / "config.yaml"
     extra = [f"strategy.name={strategy}"] if strategy is not None else []
     if data:
         import json
@@ -212,6 +226,7 @@ def evaluate(
     mc_dropout: MCDropout = 0,
     ensemble: EnsembleMethod = None,
     weights: Weights = None,
+    force: Force = False,
 ) -> None:
     """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots.
 
@@ -227,7 +242,7 @@ def evaluate(
         checkpoint, data, out_dir, split=split, threshold=threshold,
         video_aggregation=video_aggregation, batch_size=batch_size, num_workers=workers,
         device=device, plots=plots, config=config, tta=tta, mc_dropout=mc_dropout,
-        ensemble=ensemble, weights=weights,
+        ensemble=ensemble, weights=weights, force=force,
     )
     _print_metrics(results)
     console.print(f"results: {out_dir}")
@@ -279,6 +294,7 @@ def predict(
     mc_dropout: MCDropout = 0,
     ensemble: EnsembleMethod = None,
     weights: Weights = None,
+    force: Force = False,
 ) -> None:
     """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
@@ -303,6 +319,12 @@ def predict(
 
     if not inputs and not video_dir:
         raise typer.BadParameter("give files or folders to score (or --video-dir)")
+    from deepfake_detect.outputs import claim_file
+
+    sources = [*(inputs or []), *(video_dir or []), *checkpoint, *([config] if config else [])]
+    for option, target in (("--out", out), ("--json", json_out), ("--per-frame", per_frame)):
+        if target is not None:  # refused before any work: never an input, never a user's file
+            claim_file(target, inputs=sources, force=force, what=option)
     detector = load_model(checkpoint, config, ensemble, weights)
     chosen = detector.threshold if threshold is None else threshold
     faces: list = []
@@ -353,12 +375,15 @@ def export(
     out: Annotated[Path, typer.Option(help="The .safetensors file to write.")],
     config: ModelYaml = None,
     threshold: Threshold = None,
+    force: Force = False,
 ) -> None:
     """Write a standalone inference checkpoint: weights in their fastest form (Effort residuals
     merged into plain layers) plus the model config, preprocessing and threshold.
     """
     from deepfake_detect.models.checkpoint import export_safetensors, load_detector
+    from deepfake_detect.outputs import claim_file
 
+    claim_file(out, inputs=[checkpoint, *([config] if config else [])], force=force)
     detector = load_detector(checkpoint, config)
     meta = dict(detector.checkpoint_meta)
     if threshold is not None:
@@ -381,24 +406,25 @@ def prepare(
     inputs: Annotated[list[Path], typer.Argument(help="Videos, photos, folders (label/split folders, DFDC metadata.json) or CSV manifests.")],
     out: Annotated[Path, typer.Option(help="Output folder: crops, manifest.csv, prepare.json.")],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with a prepare section (or an experiment config).")] = None,
-    frames: Annotated[int | None, typer.Option(help="Frames per video, evenly spaced [default: 32].")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per video, evenly spaced (default 32).")] = None,
     sampling: Annotated[str | None, typer.Option(help="even, every (every k-th frame) or all.")] = None,
     every: Annotated[int | None, typer.Option(help="k for --sampling every.")] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: mtcnn (built in), dlib, retinaface.")] = None,
     detector_model: Annotated[Path | None, typer.Option(help="Model file for dlib (shape predictor) or retinaface.")] = None,
     device: Annotated[str | None, typer.Option(help="Face detection device: auto, cpu, cuda.")] = None,
-    detect_size: Annotated[int | None, typer.Option(help="Longest frame side used for detection [default: 960].")] = None,
-    min_face: Annotated[int | None, typer.Option(help="Smallest face side in pixels [default: 40].")] = None,
-    min_score: Annotated[float | None, typer.Option(help="Minimum detector score [default: 0.9].")] = None,
+    detect_size: Annotated[int | None, typer.Option(help="Longest frame side used for detection (default 960).")] = None,
+    min_face: Annotated[int | None, typer.Option(help="Smallest face side in pixels (default 40).")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Minimum detector score (default 0.9).")] = None,
     select: Annotated[str | None, typer.Option(help="largest, all (tracked) or relative.")] = None,
-    min_relative_size: Annotated[float | None, typer.Option(help="For --select relative [default: 0.5].")] = None,
+    min_relative_size: Annotated[float | None, typer.Option(help="For --select relative (default 0.5).")] = None,
     crop: Annotated[str | None, typer.Option(help="box (square x margin) or align (5-point ArcFace).")] = None,
-    margin: Annotated[float | None, typer.Option(help="Crop side / face side [default: 1.3].")] = None,
-    size: Annotated[int | None, typer.Option(help="Crop side in pixels [default: 256].")] = None,
+    margin: Annotated[float | None, typer.Option(help="Crop side / face side (default 1.3).")] = None,
+    size: Annotated[int | None, typer.Option(help="Crop side in pixels (default 256).")] = None,
     image_format: Annotated[str | None, typer.Option("--format", help="png or jpg.")] = None,
-    quality: Annotated[int | None, typer.Option(help="JPEG quality [default: 95].")] = None,
+    quality: Annotated[int | None, typer.Option(help="JPEG quality (default 95).")] = None,
     label: Annotated[str | None, typer.Option(help="Label for inputs outside label folders: real or fake.")] = None,
-    workers: Annotated[int, typer.Option(help="Parallel worker processes (0: in this process).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (1: all work in this process).")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that deepfake-detect did not make (never one holding the inputs).")] = False,
 ) -> None:
     """Turn videos and photos into face crops plus a manifest.csv the training loader reads.
 
@@ -433,7 +459,7 @@ def prepare(
         label_value = parse_label(label)
         if label_value is None:
             raise typer.BadParameter(f"--label {label!r}: use real or fake")
-    report = run_prepare(inputs, out, settings, label=label_value, workers=workers)
+    report = run_prepare(inputs, out, settings, label=label_value, workers=workers, force=force)
     table = Table(title="prepare", show_header=False)
     for key, value in report.table():
         table.add_row(key, value)
@@ -454,18 +480,19 @@ def prepare(
 def synthesize(
     inputs: Annotated[list[Path], typer.Argument(help="Real face crops: folders, images or a prepare manifest.csv.")],
     out: Annotated[Path, typer.Option(help="Output dataset folder (real/, fake/, manifest.csv).")],
-    landmarks: Annotated[Path | None, typer.Option(help="Landmarks JSON (name -> [[x, y], ...]) or a prepare manifest.")] = None,
+    landmarks: Annotated[Path | None, typer.Option(help="Landmarks JSON (name -> \\[\\[x, y], ...]) or a prepare manifest.")] = None,
     per_image: Annotated[int, typer.Option(help="Fakes made from each real crop.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same fakes).")] = 0,
     keep_real: Annotated[bool, typer.Option(help="Copy the reals into the output dataset.")] = True,
-    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (1: all work in this process).")] = 1,
+    force: Force = False,
 ) -> None:
     """Make self-blended fakes (SBI) from real face crops, to train from real-only data."""
     from deepfake_detect.data.synthesize import synthesize as run_synthesize
 
     report = run_synthesize(
         list(inputs), out, landmarks=landmarks, per_image=per_image, seed=seed,
-        workers=workers, keep_real=keep_real,
+        workers=workers, keep_real=keep_real, force=force,
     )
     console.print(f"{report.made} fakes written, {len(report.skipped)} images skipped")
     for path, reason in report.skipped[:10]:
@@ -527,6 +554,7 @@ def augment_preview(
     config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (its data.augment is shown).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides key=value, e.g. data.augment.noise=1")] = None,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("augment-preview.png"),
+    force: Force = False,
     data: Annotated[list[Path] | None, typer.Option(help="Dataset folder or CSV instead of data.path; repeatable.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Training images, one per row.")] = 8,
     views: Annotated[int, typer.Option(min=1, help="Augmented versions of each, beside the original.")] = 4,
@@ -539,8 +567,10 @@ def augment_preview(
     """
     from deepfake_detect.config import load_config
     from deepfake_detect.data.preview import augment_preview as run_preview
+    from deepfake_detect.outputs import claim_file
 
     cfg = load_config(config, overrides or [])
+    claim_file(out, inputs=[config, *(data or cfg.data.path)], force=force)
     report = run_preview(cfg, out, samples=samples, views=views, seed=seed, data=data or None)
     width, height = report.size
     console.print(f"{len(report.images)} images x {report.views} views written to {report.path} ({width}x{height} px)")
@@ -569,6 +599,7 @@ def calibrate(
     config: ModelYaml = None,
     ensemble: EnsembleMethod = None,
     weights: Weights = None,
+    force: Force = False,
 ) -> None:
     """Fit temperature scaling and a decision threshold on validation data; write a new checkpoint.
 
@@ -584,7 +615,8 @@ def calibrate(
     from deepfake_detect.inference.ensemble import is_ensemble_file
 
     kwargs = dict(split=split, threshold_strategy=threshold_strategy, target_fpr=target_fpr,
-                  batch_size=batch_size, num_workers=workers, device=device, config=config)
+                  batch_size=batch_size, num_workers=workers, device=device, config=config,
+                  force=force)
     if len(checkpoint) > 1 or is_ensemble_file(checkpoint[0]):
         from deepfake_detect.evaluation.ensemble_fit import calibrate_ensemble
 
@@ -618,9 +650,64 @@ def _print_metrics(results: dict) -> None:
         out_console.print(table)
 
 
-def main() -> None:
+def _one_line(text: str) -> str:
+    """Messages reach the console as one line (multi-line details are joined with '; ')."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, rest = lines[0], lines[1:]
+    if rest and head.endswith(":"):
+        return f"{head} {'; '.join(rest)}"
+    return "; ".join(lines)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    """`cannot write /x: Permission denied`-style text naming the file the system refused."""
+    where = exc.filename if exc.filename is not None else ""
+    if not where and exc.errno is not None:
+        where = "writing the output"  # e.g. standard output on a full disk
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or type(exc).__name__
+    if where:
+        return f"{where}: {reason} (check that the path exists, is of the right kind and is writable)"
+    return f"{reason}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure reaches the user as one line and a non-zero exit code, never
+    a traceback (set DEEPFAKE_DETECT_DEBUG=1 to see one for an unexpected error)."""
+    import os
+
+    from typer.exceptions import TyperException  # typer's (vendored) click errors
+
+    debug = bool(os.environ.get("DEEPFAKE_DETECT_DEBUG"))
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except TyperException as exc:  # usage errors: bad or missing options and arguments
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            out_console.print(ctx.get_help())
+            sys.exit(0)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(f"{exc.format_message()}{hint}", getattr(exc, "exit_code", 2))
     except DeepfakeDetectError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(_describe_os_error(exc), 1)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (this is a bug of deepfake-detect; "
+              "rerun with DEEPFAKE_DETECT_DEBUG=1 for the details and report them)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/bold red] {escape(_one_line(message))}", highlight=False,
+                  soft_wrap=True)
+    sys.exit(code)

@@ -16,9 +16,10 @@ Fraction = float
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys and wrong types are errors."""
+    """Base for every config section: unknown keys, wrong types and infinite or NaN numbers
+    (``.inf``, ``.nan``) are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Strict):
@@ -156,9 +157,10 @@ class DataConfig(Strict):
     )
     val_fraction: float = Field(0.15, gt=0, lt=1, description="fraction held out for val")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="fraction held out for test")
-    split_seed: int = Field(0, description="seed of the automatic grouped split")
-    batch_size: int = Field(32, ge=1, description="per-device batch size")
-    eval_batch_size: int | None = Field(None, ge=1, description="defaults to batch_size")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1,
+                            description="seed of the automatic grouped split")
+    batch_size: int = Field(32, ge=1, le=65536, description="per-device batch size")
+    eval_batch_size: int | None = Field(None, ge=1, le=65536, description="defaults to batch_size")
     num_workers: int | None = Field(None, ge=0, description="null: min(cpu count, 8)")
     pin_memory: bool | None = Field(None, description="null: on when a GPU is used")
     balance: Literal["none", "sampler", "loss_weight"] = Field(
@@ -352,7 +354,7 @@ class DetectConfig(Strict):
         description="MTCNN P-, R- and O-net score thresholds (facenet's 0.6 first stage finds "
         "the same faces here but passes ~30% more candidates on)",
     )
-    batch_size: int = Field(16, ge=1, description="frames per detection batch")
+    batch_size: int = Field(16, ge=1, le=65536, description="frames per detection batch")
 
 
 class CropConfig(Strict):
@@ -433,7 +435,8 @@ class StrategyConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = Field("run", description="run name, used in the run folder name")
-    seed: int = Field(0, description="seed of weights init, sampling and augmentation")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="seed of weights init, sampling and augmentation")
     output_dir: Path = Field(Path("runs"), description="parent of run folders")
     model: dict[str, Any] = Field(description="detector config; 'name' is the registry name")
     data: DataConfig = Field(default_factory=DataConfig)

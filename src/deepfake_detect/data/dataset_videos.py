@@ -24,6 +24,7 @@ from deepfake_detect.data.labels import label_name
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.sources import Discovery, FoundVideo, scan
 from deepfake_detect.errors import DataError
+from deepfake_detect.outputs import inside, safe_name
 
 if TYPE_CHECKING:
     from deepfake_detect.config.schema import PrepareConfig
@@ -82,7 +83,7 @@ def faces_cache_dir(
             f"dataset folder {root} holds videos, and there is nowhere to keep their face crops: "
             "set data.faces_cache (or give the experiment's output_dir as cache_root)"
         )
-    return base / f"{name}-{digest}"
+    return inside(base, safe_name(f"{name}-{digest}"))
 
 
 def gather_samples(

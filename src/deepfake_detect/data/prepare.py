@@ -12,13 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,15 +24,17 @@ import numpy as np
 
 from deepfake_detect import __version__
 from deepfake_detect.config.schema import PrepareConfig
-from deepfake_detect.data.faces.base import Face, FaceDetector
+from deepfake_detect.data.faces.base import Face, FaceDetector, check_detect_config
 from deepfake_detect.data.faces.cascade import build_face_finder
 from deepfake_detect.data.faces.crop import cut_faces, encode_crop, transform_points
 from deepfake_detect.data.faces.track import FaceTracker
 from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.labels import label_name
 from deepfake_detect.data.media import MediaItem, find_media
+from deepfake_detect.data.pool import worker_pool
 from deepfake_detect.data.video import VideoError, read_frames
-from deepfake_detect.errors import DataError
+from deepfake_detect.errors import DataError, OutputError
+from deepfake_detect.outputs import RunLock, atomic_write, claim_folder, inside, safe_relpath
 
 MANIFEST = "manifest.csv"
 SETTINGS = "prepare.json"
@@ -139,9 +139,11 @@ def _unit_key(*items: MediaItem) -> str:
 
 
 def item_folder(item: MediaItem) -> Path:
-    """Crops of an item go to ``[<split>/]<label>/<video id>/`` below the output folder."""
+    """Crops of an item go to ``[<split>/]<label>/<video id>/`` below the output folder; the
+    video id comes from data (a manifest cell, a file name), so it is made a safe relative
+    path that cannot leave the output folder."""
     label = UNLABELED if item.label is None else label_name(item.label)
-    return Path(*(p for p in (item.split, label) if p), *item.video.split("/"))
+    return Path(*(p for p in (item.split, label) if p), safe_relpath(item.video))
 
 
 # --------------------------------------------------------------------------- one unit
@@ -155,6 +157,7 @@ class UnitProcessor:
         self.out = out
         self._detector = detector
         self.fingerprint = _fingerprint(config)
+        self._journal = out / PARTS / "unit.pending"
 
     @property
     def detector(self) -> FaceDetector:
@@ -169,10 +172,10 @@ class UnitProcessor:
         done = _read_part(part)
         if done and done.get("fingerprint") == self.fingerprint and done.get("sources") == stamp:
             return UnitResult(unit.key, done["rows"], done["stats"], done["notes"], reused=True)
-        for item in unit.items:  # partial output of an interrupted run: start the item afresh
-            folder = self.out / item_folder(item)
-            if unit.kind == "video" and folder.exists():
-                shutil.rmtree(folder)
+        # Redo the unit: remove the crops that earlier runs of it wrote (listed in its part
+        # file, or in its journal when the run was interrupted), and nothing else.
+        self._remove_own_crops(unit.key, done)
+        self._journal = part.with_suffix(".pending")
         try:
             result = self._video(unit.items[0]) if unit.kind == "video" else self._photos(unit.items)
         except Exception as exc:  # noqa: BLE001 - one broken unit must not stop the run
@@ -187,7 +190,22 @@ class UnitProcessor:
             "fingerprint": self.fingerprint, "sources": stamp, "rows": result.rows,
             "stats": result.stats, "notes": result.notes,
         })
+        self._journal.unlink(missing_ok=True)
         return result
+
+    def _remove_own_crops(self, key: str, done: dict | None) -> None:
+        journal = self.out / PARTS / f"{key}.pending"
+        listed = [r.get("path", "") for r in (done or {}).get("rows", [])]
+        if journal.is_file():
+            listed += journal.read_text("utf-8").splitlines()
+        for rel in filter(None, listed):
+            try:
+                path = inside(self.out, rel)
+            except OutputError:
+                continue  # not ours to touch
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        journal.unlink(missing_ok=True)
 
     # -- videos
 
@@ -261,13 +279,16 @@ class UnitProcessor:
             reason = "no face detected" if not faces else "no face passed the selection"
             return [_row(item, index, when, status="no_face", reason=reason)]
         folder = item_folder(item)
-        (self.out / folder).mkdir(parents=True, exist_ok=True)
+        inside(self.out, folder).mkdir(parents=True, exist_ok=True)
         rows = []
         for cut in cuts:
             face = cut.face
             name = f"{index:05d}" + ("" if cut.track is None else f"_{cut.track}")
             rel = folder / f"{name}.{crop.format}"
-            (self.out / rel).write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
+            target = inside(self.out, rel)
+            with open(self._journal, "a", encoding="utf-8") as journal:  # what a redo may remove
+                journal.write(rel.as_posix() + "\n")
+            target.write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
             points = face.landmarks if face.landmarks is not None else face.keypoints
             marks = transform_points(points, cut.matrix).round(1).tolist() if points is not None else []
             rows.append(_row(
@@ -373,17 +394,14 @@ def _run_all(
     units: list[Unit], config: PrepareConfig, out: Path, workers: int,
     detector: FaceDetector | None,
 ) -> Iterator[UnitResult]:
-    if workers <= 0 or len(units) <= 1:
+    if workers <= 1 or len(units) <= 1:
         processor = UnitProcessor(config, out, detector)
         for unit in units:
             yield processor.run(unit)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")  # torch and forked OpenMP pools do not mix
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker,
-        initargs=(config.model_dump_json(), str(out), threads),
-    ) as pool:
+    initargs = (config.model_dump_json(), str(out), threads)
+    with worker_pool(workers, _init_worker, initargs) as pool:
         futures = {pool.submit(_run_unit, u): u for u in units}
         for fut in as_completed(futures):
             unit = futures[fut]
@@ -401,20 +419,36 @@ def prepare(
     config: PrepareConfig | None = None,
     *,
     label: int | None = None,
-    workers: int = 0,
+    workers: int = 1,
     progress: bool = True,
     detector: FaceDetector | None = None,
+    force: bool = False,
 ) -> PrepareReport:
-    """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``."""
+    """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``.
+
+    ``out`` must be new, empty or an earlier ``prepare`` output (``force`` accepts another
+    non-empty folder); it may never hold the inputs. A second input set prepared into the same
+    ``out`` with the same settings is added to its manifest."""
     started = time.perf_counter()
+    if workers < 0:
+        raise DataError(f"workers must be >= 1 (got {workers}; 0 and 1 both work in this process)")
+    if detector is None:
+        check_detect_config((config or PrepareConfig()).detect)
+    out = claim_folder(out, "prepare", inputs=inputs, force=force)
     scan = find_media(inputs, label=label)
-    if not scan.items:
+    # An --out inside an input folder: its crops are outputs, never inputs of a later run.
+    own = [i for i in scan.items if i.path.resolve().is_relative_to(out.resolve())]
+    items = [i for i in scan.items if i not in own]
+    if not items:
         where = "; ".join(f"{p}: {r}" for p, r in scan.problems[:5]) or "no inputs given"
         raise DataError(f"prepare found no videos or images to process ({where})")
-    return prepare_items(
-        scan.items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
-        progress=progress, detector=detector, started=started,
+    report = prepare_items(
+        items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
+        progress=progress, detector=detector, started=started, force=force,
     )
+    if own:
+        report.notes.append(f"{len(own)} files inside --out {out} were left out (outputs of prepare)")
+    return report
 
 
 def prepare_items(
@@ -424,14 +458,37 @@ def prepare_items(
     *,
     inputs: Sequence[str | Path] = (),
     problems: Sequence[tuple[str, str]] = (),
-    workers: int = 0,
+    workers: int = 1,
     progress: bool = True,
     detector: FaceDetector | None = None,
     description: str = "preparing",
     started: float | None = None,
+    wait: bool = False,
+    force: bool = False,
 ) -> PrepareReport:
     """:func:`prepare` for media already found (``items`` with their labels, splits and video
-    ids); ``inputs`` and ``problems`` are only recorded in ``prepare.json`` and the report."""
+    ids); ``inputs`` and ``problems`` are only recorded in ``prepare.json`` and the report.
+
+    ``out`` is locked while this runs; another run into it is refused, or with ``wait`` (a
+    dataset's crop cache shared by the ranks of a distributed run) waited for. ``force``: see
+    :func:`deepfake_detect.outputs.claim_folder`."""
+    config = config or PrepareConfig()
+    if detector is None:
+        check_detect_config(config.detect)
+    out = claim_folder(out, "prepare", force=force)
+    lock = RunLock(out, "prepare").acquire(wait=wait)
+    try:
+        return _prepare_locked(items, out, config, inputs, problems, workers, progress,
+                               detector, description, started)
+    finally:
+        lock.release()
+
+
+def _prepare_locked(
+    items: Sequence[MediaItem], out: Path, config: PrepareConfig, inputs: Sequence[str | Path],
+    problems: Sequence[tuple[str, str]], workers: int, progress: bool,
+    detector: FaceDetector | None, description: str, started: float | None,
+) -> PrepareReport:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -442,11 +499,10 @@ def prepare_items(
 
     from deepfake_detect.runinfo import environment
 
-    config = config or PrepareConfig()
-    out = Path(out)
     started = time.perf_counter() if started is None else started
-    out.mkdir(parents=True, exist_ok=True)
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
     units = make_units(items)
+    earlier = _earlier_units(out, units, _fingerprint(config))
     report = PrepareReport(out=out, manifest=out / MANIFEST, problems=list(problems))
     results: dict[str, UnitResult] = {}
     columns = (
@@ -460,17 +516,57 @@ def prepare_items(
             results[result.key] = result
             _tally(report, result, by_key[result.key])
             bar.update(task, advance=1, faces=report.faces)
-    rows = [row for unit in units for row in results[unit.key].rows]  # input order, stable
+    # input order, stable; then the units of earlier input sets prepared into this folder
+    rows = [row for unit in units for row in results[unit.key].rows]
+    rows += [row for part in earlier for row in part["rows"]]
     _write_manifest(report.manifest, rows)
     report.seconds = time.perf_counter() - started
-    (out / SETTINGS).write_text(json.dumps({
+    before = _read_settings(out)
+    given = [str(p) for p in inputs]
+    atomic_write(out / SETTINGS, json.dumps({
         "prepare": config.model_dump(mode="json"),
-        "inputs": [str(p) for p in inputs],
+        "inputs": [*(p for p in before.get("inputs", []) if p not in given), *given],
         "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
         **environment(),
         "version": __version__,
-    }, indent=2, default=str), "utf-8")
+        "tool_command": "prepare",
+    }, indent=2, default=str))
+    if earlier:
+        report.notes.append(f"the manifest also keeps {sum(len(p['rows']) for p in earlier)} rows "
+                            f"of {len(earlier)} earlier units prepared into {out}")
     return report
+
+
+def _read_settings(out: Path) -> dict:
+    try:
+        data = json.loads((out / SETTINGS).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _earlier_units(out: Path, units: Sequence[Unit], fingerprint: str) -> list[dict]:
+    """Finished units of earlier runs into ``out`` that this run does not redo: they stay in
+    the manifest. A unit whose source files this run prepares again (e.g. under another label)
+    is superseded: its crops and part file are removed. Units made with other settings are
+    refused, as one manifest must not mix two crop geometries."""
+    current = {u.key for u in units}
+    sources = {str(i.path) for u in units for i in u.items}
+    kept: list[dict] = []
+    for part in sorted((out / PARTS).glob("*.json")):
+        if part.stem in current or (done := _read_part(part)) is None:
+            continue
+        if {row.get("source") for row in done.get("rows", [])} <= sources:
+            UnitProcessor(PrepareConfig(), out)._remove_own_crops(part.stem, done)
+            part.unlink()
+            continue
+        if done.get("fingerprint") != fingerprint:
+            raise DataError(
+                f"{out} holds crops of other inputs made with other settings (see {out / SETTINGS}); "
+                "prepare into it with the same settings, or choose a new --out"
+            )
+        kept.append(done)
+    return kept
 
 
 def _tally(report: PrepareReport, result: UnitResult, unit: Unit) -> None:

@@ -86,6 +86,10 @@ def training_images(
     return train or samples
 
 
+MAX_SAMPLES = 256  # rows of the grid
+MAX_VIEWS = 64  # augmented columns beside the original
+
+
 def augment_preview(
     config: ExperimentConfig,
     out: str | Path,
@@ -104,6 +108,9 @@ def augment_preview(
     """
     if samples < 1 or views < 1:
         raise ConfigError(f"--samples {samples} and --views {views} must be at least 1")
+    if samples > MAX_SAMPLES or views > MAX_VIEWS:  # the grid would be an unbounded image
+        raise ConfigError(f"--samples {samples} / --views {views}: at most {MAX_SAMPLES} samples "
+                          f"and {MAX_VIEWS} views fit in one preview")
     pre = dict(preprocessing) if preprocessing is not None else preview_preprocessing(config)
     plain = build_transform(pre, None)
     augmented = build_transform(pre, config.data.augment)
@@ -146,9 +153,15 @@ def augment_preview(
     for r, (_, cells) in enumerate(rows):
         for c, img in enumerate(cells):
             grid.paste(img, (PAD + c * (cell + PAD), HEADER + PAD + r * (cell + PAD)))
+    from PIL.PngImagePlugin import PngInfo
+
+    from deepfake_detect.outputs import PNG_SOFTWARE, atomic_target
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)  # marks the file as ours: a rerun may replace it
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out, format="PNG")
+    with atomic_target(out) as tmp:
+        grid.save(tmp, format="PNG", pnginfo=info)
     return PreviewReport(
         path=out, images=[p for p, _ in rows], views=views, cell=cell, size=(width, height)
     )

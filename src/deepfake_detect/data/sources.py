@@ -8,10 +8,12 @@ labels or splits never share an id.
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -67,7 +69,8 @@ class Discovery:
     samples: list[Sample] = field(default_factory=list)
     # files in label folders that are not images (by extension), and hidden files
     ignored: list[Path] = field(default_factory=list)
-    # files a CSV lists that do not exist: (path, reason)
+    # files a CSV lists (or images in a folder it lists) that do not exist or are broken
+    # symbolic links: (path, reason)
     missing: list[tuple[Path, str]] = field(default_factory=list)
     # dataset name -> "split folders" | "label folders" | "csv"
     layouts: dict[str, str] = field(default_factory=dict)
@@ -107,6 +110,58 @@ def _is_video_file(name: str) -> bool:
     return PurePath(name).suffix.lower() in VIDEO_EXTENSIONS
 
 
+NO_SUCH_FILE = "no such file or folder"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file, or None when it is one (a symlink to one counts).
+
+    A symbolic link whose target is missing: ``"broken symbolic link: target X missing"``
+    (X: where the link leads, as far as it resolves); links that lead back to themselves:
+    ``"symbolic link loop"``; nothing at all: :data:`NO_SUCH_FILE`.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path) and e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"broken symbolic link: target {os.path.realpath(path)} missing"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return NO_SUCH_FILE
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def walk_files(
+    root: str | Path, errors: list[tuple[Path, str]] | None = None
+) -> list[Path]:
+    """Every entry below the folder ``root`` that is not a folder, sorted: files, and symbolic
+    links that lead nowhere or loop (see :func:`file_problem`), so that callers can report them.
+
+    Symlinked folders are followed, but each real folder is visited once, so that folder
+    links that loop end. Folders that cannot be listed go to ``errors`` as ``(folder, reason)``.
+    """
+    found: list[Path] = []
+    visited: set[str] = set()
+
+    def failed(e: OSError) -> None:
+        if errors is not None:
+            errors.append((Path(e.filename or root), f"cannot list folder ({e.strerror or e})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=failed, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        here = Path(dirpath)
+        found.extend(here / name for name in filenames)
+    return sorted(found)
+
+
 def video_from_stem(stem: str) -> str | None:
     """The video name in a frame file name such as ``v1_frame_12``, or None."""
     m = _FRAME_STEM.match(stem)
@@ -129,8 +184,9 @@ def log_discovery(found: Discovery) -> None:
         )
     if found.missing:
         log.warning(
-            "left out %d files listed in CSV manifests that do not exist, e.g. %s",
-            len(found.missing), found.missing[0][0],
+            "left out %d files listed in CSV manifests that do not exist or cannot be read, "
+            "e.g. %s: %s",
+            len(found.missing), found.missing[0][0], found.missing[0][1],
         )
     if found.no_crop:
         log.info(
@@ -343,7 +399,9 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
                             f"{first_line[folder]}: list each video once"
                         )
                     first_line[folder] = line
-                    samples += _folder_rows(folder, row, idx, base, csv_path, line, dataset)
+                    samples += _folder_rows(
+                        folder, row, idx, base, csv_path, line, dataset, out.missing
+                    )
                     continue
                 sample = _csv_row(row, idx, base, csv_path, line, dataset)
                 if sample.path in first_line:
@@ -352,10 +410,12 @@ def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
                         f"{first_line[sample.path]}: list each image once"
                     )
                 first_line[sample.path] = line
-                if sample.path.is_file():
+                problem = file_problem(sample.path)
+                if problem is None:
                     samples.append(sample)
                 else:
-                    reason = f"file not found (listed in {csv_path} line {line})"
+                    why = "file not found" if problem == NO_SUCH_FILE else problem
+                    reason = f"{why} (listed in {csv_path} line {line})"
                     out.missing.append((sample.path, reason))
     except UnicodeDecodeError as e:
         raise DataError(f"CSV manifest {csv_path} is not UTF-8 text: {e}") from e
@@ -479,8 +539,10 @@ def _folder_rows(
     csv_path: Path,
     line: int,
     dataset: str,
+    missing: list[tuple[Path, str]],
 ) -> list[Sample]:
-    """The images directly in ``folder`` as frames of one video (a CSV row naming a folder)."""
+    """The images directly in ``folder`` as frames of one video (a CSV row naming a folder);
+    image names that are not readable files (broken symbolic links) go to ``missing``."""
 
     def cell(name: str) -> str:
         i = idx.get(name)
@@ -488,9 +550,15 @@ def _folder_rows(
 
     where = f"{csv_path} line {line}"
     label, split = _label_and_split(cell, where)
-    images = sorted(
-        p for p in folder.iterdir() if _visible(p) and is_image_file(p.name) and p.is_file()
-    )
+    images = []
+    for p in sorted(folder.iterdir()):
+        if not _visible(p) or not is_image_file(p.name) or p.is_dir():
+            continue
+        problem = file_problem(p)
+        if problem is None:
+            images.append(p)
+        else:
+            missing.append((p, f"{problem} (in {folder}, listed in {csv_path} line {line})"))
     if not images:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(

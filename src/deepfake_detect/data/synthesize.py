@@ -22,11 +22,9 @@ import csv
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,10 +42,12 @@ from deepfake_detect.data.faces.base import (
 )
 from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.labels import parse_label, parse_split
+from deepfake_detect.data.pool import worker_pool
 from deepfake_detect.data.samples import REAL
 from deepfake_detect.data.sources import is_image_file, video_from_stem
 from deepfake_detect.data.synthetic import self_blend
 from deepfake_detect.errors import DataError
+from deepfake_detect.outputs import RunLock, atomic_target, claim_folder, inside, safe_relpath
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "video", "split")
@@ -277,12 +277,6 @@ def _gather(inputs: Sequence[Path], out: Path, skipped: list[tuple[str, str]]) -
     return reals
 
 
-def _folder_of(video: str) -> str:
-    """A video id as a relative folder: no empty, ``.`` or ``..`` parts, never absolute."""
-    parts = [p for p in video.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    return "/".join(parts) or "video"
-
-
 # --------------------------------------------------------------------------- blending
 
 
@@ -407,11 +401,8 @@ def _copy(src: Path, dest: Path) -> None:
 
 def _run(jobs: list[_Job], workers: int, progress: bool) -> Iterator[tuple[str, str]]:
     results: Iterable[tuple[str, str]]
-    if workers > 0 and len(jobs) > 1:
-        # spawn: a forked child inherits torch's OpenMP pools broken (detectors use torch)
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
-        )
+    if workers > 1 and len(jobs) > 1:
+        pool = worker_pool(workers)
         results = pool.map(_blend, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 4))))
     else:
         pool, results = None, map(_blend, jobs)
@@ -446,6 +437,9 @@ def _with_splits(reals: list[_Real], val: float, test: float, seed: int) -> list
     return [replace(r, split=s.split or "") for r, s in zip(reals, split, strict=True)]
 
 
+MAX_PER_IMAGE = 1000  # fakes of one real crop; more only repeats the same blends
+
+
 def synthesize(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -458,6 +452,7 @@ def synthesize(
     keep_real: bool = True,
     val_fraction: float = 0.15,
     test_fraction: float = 0.0,
+    force: bool = False,
 ) -> SynthesisReport:
     """Make ``per_image`` self-blended fakes of every real crop in ``inputs`` under ``out``.
 
@@ -467,16 +462,26 @@ def synthesize(
     :func:`load_landmarks`), else from the manifest's own ``landmarks`` cell, else the face is
     detected with ``detect`` (default :class:`DetectConfig`) and blended through an ellipse
     (:func:`detected_face_mask`). Images that cannot be read or hold no face are skipped and
-    reported. The same ``seed`` gives the same bytes, whatever ``workers`` is (0: in this
+    reported. The same ``seed`` gives the same bytes, whatever ``workers`` is (0 or 1: in this
     process). Writes ``out/manifest.csv`` (path,label,video,split), replacing an earlier one.
     Reals without a split are split here (grouped by video, ``val_fraction`` / ``test_fraction``)
     so that a real and its fakes always land in the same split.
     """
-    if per_image < 1:
-        raise DataError(f"synthesize: per_image must be at least 1, got {per_image}")
+    if not 1 <= per_image <= MAX_PER_IMAGE:
+        raise DataError(f"synthesize: per_image must be from 1 to {MAX_PER_IMAGE}, got {per_image}")
     if seed < 0:
         raise DataError(f"synthesize: seed must be a non-negative integer, got {seed}")
-    out = Path(out)
+    out = claim_folder(out, "synthesize", inputs=inputs, force=force)
+    lock = RunLock(out, "synthesize").acquire()
+    try:
+        return _synthesize(inputs, out, landmarks, per_image, seed, detect, workers, progress,
+                           keep_real, val_fraction, test_fraction)
+    finally:
+        lock.release()
+
+
+def _synthesize(inputs, out: Path, landmarks, per_image, seed, detect, workers, progress,
+                keep_real, val_fraction, test_fraction) -> SynthesisReport:
     skipped: list[tuple[str, str]] = []
     reals = _gather([Path(p) for p in inputs], out, skipped)
     if not reals and not skipped:
@@ -494,7 +499,7 @@ def synthesize(
     planned: list[tuple[_Real, list[tuple[str, str]]]] = []
     owner: dict[str, Path] = {}
     for real in reals:
-        folder = _folder_of(real.video)
+        folder = safe_relpath(real.video, fallback="video").as_posix()
         key = f"{folder}/{real.path.name}"
         if key in owner:
             skipped.append((str(real.path), f"same video and file name as {owner[key]}"))
@@ -506,8 +511,8 @@ def synthesize(
         jobs.append(
             _Job(
                 src=str(real.path),
-                real_out=str(out / real_rel) if real_rel else None,
-                fake_outs=[str(out / p) for p in fake_rel],
+                real_out=str(inside(out, real_rel)) if real_rel else None,
+                fake_outs=[str(inside(out, p)) for p in fake_rel],
                 key=key,
                 seed=seed,
                 landmarks=points if points is not None else real.landmarks,
@@ -528,7 +533,7 @@ def synthesize(
         report.made += len(job.fake_outs)
         report.by_detector += status == "detected"
         manifest_rows += [(rel, label, real.video, real.split) for rel, label in outputs]
-    with open(report.manifest, "w", newline="", encoding="utf-8") as f:
+    with atomic_target(report.manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(manifest_rows)

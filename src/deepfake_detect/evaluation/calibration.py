@@ -22,6 +22,9 @@ import numpy as np
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error
 from deepfake_detect.evaluation.thresholds import choose_threshold
+from deepfake_detect.outputs import atomic_write, claim_file
+
+CALIBRATION_JSON = "calibration.json"
 
 # T is searched in this range: beyond it the scores are all ~0.5 or all saturated, which only
 # happens with degenerate validation data (e.g. perfectly separated, where NLL keeps falling).
@@ -169,9 +172,12 @@ def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -
 
 
 def _check_arguments(
-    threshold_strategy: str, target_fpr: float, split: str, data: Sequence[Any]
+    threshold_strategy: str, target_fpr: float, split: str, data: Sequence[Any],
+    batch_size: int = 64, num_workers: int | None = None, device: str | None = None,
 ) -> None:
     """Refuse bad options before any model is loaded or file read."""
+    from deepfake_detect.inference.scoring import check_loader_options
+
     if threshold_strategy not in THRESHOLD_CHOICES:
         raise ConfigError(
             f"--threshold-strategy {threshold_strategy!r}: choose one of "
@@ -183,6 +189,20 @@ def _check_arguments(
         select_calibration_split([], split, "")  # raises with the explanation
     if not data:
         raise DataError("give at least one --data folder or CSV with validation samples")
+    check_loader_options(batch_size, num_workers, device)
+
+
+def claim_calibration_outputs(out: Path, inputs: Sequence[str | Path], force: bool) -> None:
+    """Refuse, before any work, an ``out`` (or ``calibration.json`` beside it) that is an input
+    or a file this tool did not write."""
+    claim_file(out, inputs=inputs, force=force)
+    claim_file(out.parent / CALIBRATION_JSON, inputs=inputs, force=force,
+               what=f"{CALIBRATION_JSON} beside --out:")
+
+
+def write_calibration_json(out: Path, result: Any) -> None:
+    atomic_write(out.parent / CALIBRATION_JSON,
+                 json.dumps({"tool": "deepfake-detect", **asdict(result)}, indent=2))
 
 
 def calibration_samples(
@@ -310,6 +330,7 @@ def calibrate_checkpoint(
     device: str | None = None,
     progress: bool = True,
     config: str | Path | None = None,
+    force: bool = False,
 ) -> CalibrationResult:
     """Fit temperature scaling and a threshold on validation data; write a new checkpoint.
 
@@ -320,10 +341,12 @@ def calibrate_checkpoint(
     """
     from deepfake_detect.models.checkpoint import export_safetensors, load_detector
 
-    _check_arguments(threshold_strategy, target_fpr, split, data)
+    _check_arguments(threshold_strategy, target_fpr, split, data,
+                     batch_size=batch_size, num_workers=num_workers, device=device)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out}: the calibrated checkpoint must be a .safetensors file")
+    claim_calibration_outputs(out, [checkpoint, *data, *([config] if config else [])], force)
 
     detector = load_detector(checkpoint, config)
     old_t = float(detector.temperature)
@@ -360,5 +383,5 @@ def calibrate_checkpoint(
     detector.threshold = threshold
     detector.checkpoint_meta = meta
     export_safetensors(detector, out, meta)
-    (out.parent / "calibration.json").write_text(json.dumps(asdict(result), indent=2), "utf-8")
+    write_calibration_json(out, result)
     return result

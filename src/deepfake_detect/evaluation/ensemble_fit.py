@@ -10,9 +10,8 @@ a single checkpoint.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.calibration import (
     FitSummary,
     _check_arguments,
+    claim_calibration_outputs,
+    write_calibration_json,
     calibration_samples,
 )
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error, roc_auc
@@ -77,13 +78,16 @@ def calibrate_ensemble(
     device: str | None = None,
     progress: bool = True,
     config: str | Path | None = None,
+    force: bool = False,
 ) -> EnsembleCalibration:
     """Fit weights (unless given, or ``hard``) and a threshold; write the ensemble file ``out``
     (``.yaml``) and ``calibration.json`` beside it."""
-    _check_arguments(threshold_strategy, target_fpr, split, data)
+    _check_arguments(threshold_strategy, target_fpr, split, data,
+                     batch_size=batch_size, num_workers=num_workers, device=device)
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"--out {out}: an ensemble is written as a .yaml ensemble file")
+    claim_calibration_outputs(out, [*checkpoints, *data, *([config] if config else [])], force)
     ensemble = load_ensemble(checkpoints, method, weights, config)
     samples = calibration_samples(ensemble, data, split, out.parent, progress)
     values, _ = ensemble.member_values(
@@ -123,7 +127,7 @@ def calibrate_ensemble(
     )
     ensemble.calibration = _meta(result)
     write_ensemble_file(ensemble.config(), out)
-    (out.parent / "calibration.json").write_text(json.dumps(asdict(result), indent=2), "utf-8")
+    write_calibration_json(out, result)
     return result
 
 

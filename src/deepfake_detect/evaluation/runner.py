@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.errors import DataError
+from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.outputs import atomic_write, inside, owned_folder, safe_name
 from deepfake_detect.evaluation.aggregation import aggregate_videos
 from deepfake_detect.evaluation.dashboard import plot_dashboard
 from deepfake_detect.evaluation.errors import error_analysis, error_counts
@@ -122,7 +123,7 @@ def evaluate_samples(
     if ensemble is not None:
         member_scores = result.members[:, ok]
         metrics["ensemble"] = _ensemble_report(ensemble, labels, member_scores)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics_to_json(metrics), indent=2))
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         # score_std: the spread over MC-dropout passes, or over an ensemble's members, whose
         # own P(fake) follow as score_<member>
@@ -203,7 +204,7 @@ def _evaluate_videos(
         "tta": tta.names if tta else None,
         "mc_dropout": int(mc_dropout),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics_to_json(metrics), indent=2), "utf-8")
+    atomic_write(out_dir / "metrics.json", json.dumps(metrics_to_json(metrics), indent=2))
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["video", "label", "score", "clips", "frames"]
@@ -313,6 +314,7 @@ def evaluate_checkpoint(
     mc_dropout: int = 0,
     ensemble: str | None = None,
     weights: str | Sequence[float] | None = None,
+    force: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset.
 
@@ -321,14 +323,24 @@ def evaluate_checkpoint(
     evaluated as one ensemble (``ensemble``: soft, hard or logits; ``weights`` per checkpoint;
     see :mod:`deepfake_detect.inference.ensemble`); metrics.json then also holds each member's
     metrics on the same samples.
+
+    ``out_dir`` must be new, empty or an earlier evaluate's folder, and hold none of the inputs
+    (a non-empty folder this tool did not write only with ``force``); it is locked while the
+    evaluation runs.
     """
     from deepfake_detect.data.dataset_videos import gather_samples
     from deepfake_detect.data.sources import log_discovery
+    from deepfake_detect.evaluation.aggregation import AGGREGATORS
     from deepfake_detect.inference.media import prepare_settings
+    from deepfake_detect.inference.scoring import check_loader_options
     from deepfake_detect.runinfo import write_run_info
 
     if split not in SPLIT_CHOICES:
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
+    if video_aggregation is not None and video_aggregation not in AGGREGATORS:
+        raise ConfigError(f"--video-aggregation {video_aggregation!r}: choose one of "
+                          f"{', '.join(sorted(AGGREGATORS))}")
+    check_loader_options(batch_size, num_workers, device)
     detector = load_model(checkpoint, config, ensemble, weights)
     is_ensemble = isinstance(detector, Ensemble)
     # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
@@ -341,54 +353,59 @@ def evaluate_checkpoint(
     aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(
         "video_aggregation", "mean"
     )
-    if is_ensemble:
-        write_run_info(
-            out_dir, {"ensemble": detector.config().model_dump(mode="json")},
-            checkpoint=[m.checkpoint for m in detector.members], data=[str(d) for d in data],
-            split=split, threshold=chosen_threshold, video_aggregation=aggregation,
-        )
-    else:
-        write_run_info(
-            out_dir, meta.get("experiment"),
-            checkpoint=str(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]),
-            data=[str(d) for d in data], split=split, threshold=chosen_threshold,
-            video_aggregation=aggregation,
-        )
-    results: dict[str, dict[str, Any]] = {}
-    faces_cache, cache_root = _faces_cache(meta.get("experiment") or {}, out_dir)
-    for path in data:
-        # videos in dataset folders: face crops cut the way the model was trained, cached
-        gathered = gather_samples(
-            [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
-            cache_root=cache_root, progress=progress,
-        )
-        log_discovery(gathered.found)
-        samples = gathered.samples
-        name = samples[0].dataset if samples else Path(path).stem
-        if name in results:
-            name = f"{name}_{len(results)}"
-        chosen = select_split(samples, split, name)
-        # videos of the chosen split(s) that gave no face crop count as skipped inputs
-        splits = {s.split for s in chosen}
-        video_split = {str(v.path): v.split for v in gathered.found.videos}
-        left_out = [
-            (p, r) for p, r in gathered.skipped
-            if p in video_split and (split == "all" or video_split[p] in splits)
-        ]
-        results[name] = evaluate_samples(
-            detector, chosen, out_dir / name, threshold=chosen_threshold,
-            video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
-            device=device, plots=plots, progress=progress, name=name,
-            left_out=left_out, tta=tta, mc_dropout=mc_dropout,
-        )
-    summary = {
-        name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
-               "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
-               "skipped": m["skipped"]}
-        for name, m in results.items()
-    }
-    (out_dir / "summary.json").write_text(json.dumps(metrics_to_json(summary), indent=2), "utf-8")
-    return results
+    inputs = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    inputs += [*data, *([config] if config else [])]
+    # claimed before anything is written: new, empty, or an earlier evaluate's; never an input
+    with owned_folder(out_dir, "evaluate", inputs=inputs, force=force):
+        if is_ensemble:
+            write_run_info(
+                out_dir, {"ensemble": detector.config().model_dump(mode="json")},
+                checkpoint=[m.checkpoint for m in detector.members], data=[str(d) for d in data],
+                split=split, threshold=chosen_threshold, video_aggregation=aggregation,
+                tool_command="evaluate",
+            )
+        else:
+            write_run_info(
+                out_dir, meta.get("experiment"),
+                checkpoint=str(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]),
+                data=[str(d) for d in data], split=split, threshold=chosen_threshold,
+                video_aggregation=aggregation, tool_command="evaluate",
+            )
+        results: dict[str, dict[str, Any]] = {}
+        faces_cache, cache_root = _faces_cache(meta.get("experiment") or {}, out_dir)
+        for path in data:
+            # videos in dataset folders: face crops cut the way the model was trained, cached
+            gathered = gather_samples(
+                [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
+                cache_root=cache_root, progress=progress,
+            )
+            log_discovery(gathered.found)
+            samples = gathered.samples
+            name = safe_name(samples[0].dataset if samples else Path(path).stem, fallback="data")
+            if name in results:
+                name = f"{name}_{len(results)}"
+            chosen = select_split(samples, split, name)
+            # videos of the chosen split(s) that gave no face crop count as skipped inputs
+            splits = {s.split for s in chosen}
+            video_split = {str(v.path): v.split for v in gathered.found.videos}
+            left_out = [
+                (p, r) for p, r in gathered.skipped
+                if p in video_split and (split == "all" or video_split[p] in splits)
+            ]
+            results[name] = evaluate_samples(
+                detector, chosen, inside(out_dir, name), threshold=chosen_threshold,
+                video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
+                device=device, plots=plots, progress=progress, name=name,
+                left_out=left_out, tta=tta, mc_dropout=mc_dropout,
+            )
+        summary = {
+            name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
+                   "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
+                   "skipped": m["skipped"]}
+            for name, m in results.items()
+        }
+        atomic_write(out_dir / "summary.json", json.dumps(metrics_to_json(summary), indent=2))
+        return results
 
 
 def _faces_cache(experiment: dict[str, Any], out_dir: Path) -> tuple[Path | None, Path]:

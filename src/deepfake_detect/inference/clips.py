@@ -24,7 +24,7 @@ from deepfake_detect.data.clips import ClipDataset, VideoFrames, group_frames, s
 from deepfake_detect.data.datasets import collate_skipping
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.transforms import build_clip_transform
-from deepfake_detect.inference.scoring import autocast_for, default_workers, pick_device
+from deepfake_detect.inference.scoring import autocast_for, check_loader_options, default_workers
 from deepfake_detect.inference.tta import (
     TTASpec,
     check_mc_dropout,
@@ -95,7 +95,7 @@ def score_videos(
         videos, build_clip_transform(pre), seq.frames, seq.stride, train=False,
         eval_clips=seq.eval_clips,
     )
-    device = device if isinstance(device, torch.device) else pick_device(device)
+    device = check_loader_options(batch_size, num_workers, device)
     detector = detector.to(device).eval()
     if device.type == "cuda":  # the backbones' convolutions run faster channels-last
         detector = detector.to(memory_format=torch.channels_last)

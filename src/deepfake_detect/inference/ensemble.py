@@ -35,6 +35,7 @@ import torch
 
 from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember
 from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.outputs import atomic_write
 from deepfake_detect.evaluation.metrics import predict_labels
 from deepfake_detect.inference.scoring import Scores, score_files
 from deepfake_detect.inference.tta import TTASpec, parse_tta
@@ -62,14 +63,75 @@ class EnsembleScores(Scores):
 
 
 def is_ensemble_file(path: str | Path) -> bool:
-    """A YAML file with a top-level ``ensemble`` section."""
+    """A YAML file with a top-level ``ensemble`` section.
+
+    A .yaml that cannot be read as YAML is not one: loading it as a checkpoint then says what
+    the file is instead.
+    """
     path = Path(path)
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
         return False
     from deepfake_detect.config.loading import read_yaml
 
-    raw = read_yaml(path)
+    try:
+        raw = read_yaml(path)
+    except (ConfigError, OSError, UnicodeError):
+        return False
     return isinstance(raw, dict) and "ensemble" in raw
+
+
+def _ensemble_cycle(start: Path, limit: int = 32) -> list[Path] | None:
+    """The chain of ensemble files from ``start`` back to a file already on it, if members of
+    ensemble files lead around in a circle (``a.yaml`` naming ``b.yaml`` naming ``a.yaml``)."""
+    chain: list[Path] = []
+
+    def visit(path: Path) -> list[Path] | None:
+        key = path.resolve()
+        seen = [p.resolve() for p in chain]
+        if key in seen:
+            return [*chain[seen.index(key):], path]
+        if len(chain) >= limit or not is_ensemble_file(path):
+            return None
+        try:
+            members = read_ensemble_file(path).members
+        except ConfigError:
+            return None
+        chain.append(path)
+        for m in members:
+            found = visit(Path(m.checkpoint))
+            if found:
+                return found
+        chain.pop()
+        return None
+
+    return visit(Path(start))
+
+
+def check_ensemble_members(path: str | Path, cfg: EnsembleConfig) -> None:
+    """Refuse members of the ensemble file ``path`` that are ensemble files themselves (the
+    file itself, or another one, in a cycle or not), before any checkpoint is loaded."""
+    path = Path(path)
+    for m in cfg.members:
+        member = Path(m.checkpoint)
+        if member.resolve() == path.resolve():
+            raise ConfigError(
+                f"{path}: member {m.checkpoint} is this ensemble file itself; an ensemble "
+                "member must be a checkpoint, not an ensemble file"
+            )
+        if not is_ensemble_file(member):
+            continue
+        cycle = _ensemble_cycle(member)
+        if cycle:
+            loop = " -> ".join(str(p) for p in cycle)
+            raise ConfigError(
+                f"{path}: member {member} is an ensemble file, and ensemble files name each "
+                f"other in a cycle ({loop}); an ensemble member must be a checkpoint, not "
+                "another ensemble file"
+            )
+        raise ConfigError(
+            f"{path}: member {member} is another ensemble file; an ensemble member must be a "
+            "checkpoint, not another ensemble file (list that file's members here instead)"
+        )
 
 
 def read_ensemble_file(path: str | Path) -> EnsembleConfig:
@@ -109,7 +171,7 @@ def write_ensemble_file(cfg: EnsembleConfig, path: str | Path) -> Path:
         for key in ("checkpoint", "config"):
             if key in member:
                 member[key] = _relative(Path(member[key]), path.parent)
-    path.write_text(yaml.safe_dump({"ensemble": data}, sort_keys=False), "utf-8")
+    atomic_write(path, yaml.safe_dump({"ensemble": data}, sort_keys=False))
     return path
 
 
@@ -153,7 +215,7 @@ def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float] | N
     if len(values) != n:
         raise ConfigError(f"--weights: {len(values)} weights for {n} checkpoints; give one per checkpoint")
     if any(not np.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
-        raise ConfigError(f"--weights {values}: weights must be >= 0 and not all 0")
+        raise ConfigError(f"--weights {values}: weights must be finite numbers >= 0, not all 0")
     return values
 
 
@@ -394,6 +456,7 @@ def load_ensemble(
                 "in the file (members[].config)"
             )
         cfg = read_ensemble_file(checkpoints[0])
+        check_ensemble_members(checkpoints[0], cfg)
         entries = [(m.checkpoint, m.config, m.weight) for m in cfg.members]
         method = method or cfg.method
         threshold = cfg.threshold if threshold is None else threshold

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from deepfake_detect.data.media import MEDIA_EXTENSIONS
-from deepfake_detect.data.sources import is_image_file
+from deepfake_detect.data.sources import file_problem, is_image_file, walk_files
 from deepfake_detect.data.video import is_video_file
 from deepfake_detect.evaluation.metrics import predict_labels
-from deepfake_detect.inference.scoring import score_files
+from deepfake_detect.inference.scoring import check_loader_options, score_files
 from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
 from deepfake_detect.models.detector import Detector
+from deepfake_detect.outputs import atomic_open, atomic_write
 
 if TYPE_CHECKING:
     from deepfake_detect.inference.ensemble import Ensemble
@@ -41,23 +42,39 @@ class Prediction:
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
-    """Expand folders (recursively, images and videos, sorted); missing paths become error rows."""
+    """The files to score, and error rows for the inputs that cannot be scored.
+
+    Every input found gets one of the two: folders are expanded (recursively, images and
+    videos by extension, sorted; symlinked folders followed, each real folder once, so that
+    folder links that loop end), and every file found, or given, goes through
+    :func:`~deepfake_detect.data.sources.file_problem`: a broken symbolic link, a symbolic link
+    loop or a missing path becomes an error row (no score) instead of being dropped.
+    """
     files: list[Path] = []
-    missing: list[Prediction] = []
+    errors: list[Prediction] = []
+
+    def add(path: Path) -> None:
+        problem = file_problem(path)
+        if problem is None:
+            files.append(path)
+        else:
+            errors.append(Prediction(str(path), None, None, problem))
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS
-            )
-            if not found:
-                missing.append(Prediction(str(path), None, None, "folder holds no image or video files"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
+            unlisted: list[tuple[Path, str]] = []
+            found = [p for p in walk_files(path, unlisted) if p.suffix.lower() in MEDIA_EXTENSIONS]
+            errors.extend(Prediction(str(p), None, None, why) for p, why in unlisted)
+            if not found and not unlisted:
+                errors.append(
+                    Prediction(str(path), None, None, "folder holds no image or video files")
+                )
+            for p in found:
+                add(p)
         else:
-            missing.append(Prediction(str(path), None, None, "no such file or folder"))
-    return files, missing
+            add(path)
+    return files, errors
 
 
 def predict_files(
@@ -82,8 +99,15 @@ def predict_files(
     of the aggregated file score). A bad spec or a detector without dropout raises
     :class:`ConfigError` before any file is read.
     """
+    from deepfake_detect.errors import ConfigError
+    from deepfake_detect.evaluation.aggregation import AGGREGATORS
     from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
 
+    # every option is checked before any file is read, even one only media files would use
+    if aggregation not in AGGREGATORS:
+        raise ConfigError(
+            f"--aggregation {aggregation!r}: choose one of {', '.join(sorted(AGGREGATORS))}")
+    check_loader_options(batch_size, num_workers, device)
     tta = check_scoring_options(detector, tta, mc_dropout)
     ensemble = detector if isinstance(detector, Ensemble) else None
     files, rows = collect_inputs(inputs)
@@ -154,6 +178,7 @@ def predict_videos(
     from deepfake_detect.inference.clips import score_videos
     from deepfake_detect.inference.media import prepare_settings
 
+    check_loader_options(batch_size, num_workers, device)
     tta = parse_tta(tta)
     if mc_dropout:
         check_mc_dropout(detector, mc_dropout)
@@ -245,14 +270,12 @@ def write_predictions(
     any row has one: Monte-Carlo dropout or an ensemble / a variance head) to a file or
     stream, optionally JSON."""
     if isinstance(csv_out, Path):
-        csv_out.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_out, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(csv_out) as fh:
             _write_csv(rows, fh)
     elif csv_out is not None:
         _write_csv(rows, csv_out)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(_as_json(rows), indent=2), "utf-8")
+        atomic_write(json_path, json.dumps(_as_json(rows), indent=2))
 
 
 def write_submission(
@@ -271,8 +294,7 @@ def write_submission(
             writer.writerow([Path(r.filename).name, fail_label if r.label is None else r.label])
 
     if isinstance(out, Path):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(out) as fh:
             write(fh)
     else:
         write(out)
@@ -282,9 +304,8 @@ def write_submission(
 def write_per_face(rows: Sequence[dict], path: Path) -> None:
     """One row per scored face: ``filename,frame,face,time,box,score`` (``,score_std`` with
     Monte-Carlo dropout or an ensemble)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with_std = any(r.get("score_std") is not None for r in rows)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(["filename", "frame", "face", "time", "box", "score"]
                         + (["score_std"] if with_std else []))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.transforms import build_transform
+from deepfake_detect.errors import ConfigError
 from deepfake_detect.inference.tta import (
     TTASpec,
     check_mc_dropout,
@@ -47,9 +49,33 @@ class Scores:
         return ~np.isnan(self.scores)
 
 
-def pick_device(device: str | None = None) -> torch.device:
+DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``--device`` as a torch device ("auto": CUDA, else MPS, else the CPU); a name that is
+    not a device, or a device this machine lacks, raises :class:`ConfigError`."""
+    if isinstance(device, torch.device):
+        return device
     if device and device != "auto":
-        return torch.device(device)
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ConfigError(f"--device {device!r} is not a device; {DEVICE_HELP}") from None
+        if resolved.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    f"--device {device!r}: CUDA is not available here; use auto or cpu")
+            if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+                raise ConfigError(f"--device {device!r}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+        elif resolved.type == "mps":
+            if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                raise ConfigError(
+                    f"--device {device!r}: MPS is not available here; use auto or cpu")
+        elif resolved.type != "cpu":
+            raise ConfigError(f"--device {device!r}: not supported; {DEVICE_HELP}")
+        return resolved
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -59,6 +85,25 @@ def pick_device(device: str | None = None) -> torch.device:
 
 def default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
+
+
+MAX_BATCH_SIZE = 65536  # far beyond any accelerator's memory for images; larger is a typo
+
+
+def check_loader_options(
+    batch_size: int, num_workers: int | None = None, device: str | torch.device | None = None
+) -> torch.device:
+    """Refuse a bad ``--batch-size``, ``--workers`` or ``--device`` (:class:`ConfigError`)
+    before any model is moved or file read; returns the device."""
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+            or not 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise ConfigError(f"--batch-size {batch_size}: must be a whole number from 1 to "
+                          f"{MAX_BATCH_SIZE}, e.g. 32")
+    if num_workers is not None and (isinstance(num_workers, bool)
+                                    or not isinstance(num_workers, numbers.Integral)
+                                    or num_workers < 0):
+        raise ConfigError(f"--workers {num_workers}: must be 0 (load in this process) or more")
+    return pick_device(device)
 
 
 def autocast_for(device: torch.device):
@@ -103,7 +148,7 @@ def score_files(
     samples = [
         p if isinstance(p, Sample) else Sample(path=Path(p), label=-1, video=str(p)) for p in paths
     ]
-    device = device if isinstance(device, torch.device) else pick_device(device)
+    device = check_loader_options(batch_size, num_workers, device)
     detector = detector.to(device).eval()
     if device.type == "cuda":
         detector = detector.to(memory_format=torch.channels_last)

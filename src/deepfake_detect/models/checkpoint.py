@@ -22,11 +22,15 @@ import torch
 
 from deepfake_detect import __version__
 from deepfake_detect.errors import CheckpointError, DeepfakeDetectError
+from deepfake_detect.outputs import atomic_target
 from deepfake_detect.models.detector import Detector
 from deepfake_detect.models.weights import (
-    is_safetensors,
+    ACCEPTED_CHECKPOINTS,
+    damaged_file_error,
     select_lightning_model,
-    torch_load_safe,
+    short_reason,
+    sniff_weights_file,
+    torch_load_file,
     unwrap_state_dict,
 )
 
@@ -68,7 +72,6 @@ def export_safetensors(detector: Detector, path: str | Path, meta: Mapping[str, 
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in detector.state_dict().items():
@@ -78,7 +81,10 @@ def export_safetensors(detector: Detector, path: str | Path, meta: Mapping[str, 
             t = t.clone()
         seen.add(t.untyped_storage().data_ptr())
         tensors[key] = t
-    save_file(tensors, str(path), metadata={META_KEY: json.dumps(dict(meta), default=str)})
+    # Through a temporary file: a kill never leaves half a checkpoint, and the file gets the
+    # umask's mode (safetensors itself would create it 0600).
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(dict(meta), default=str)})
     return path
 
 
@@ -90,12 +96,18 @@ def _not_ours(path: Path) -> CheckpointError:
     )
 
 
+def check_checkpoint_file(path: str | Path) -> str:
+    """The format of a checkpoint file (see :func:`~deepfake_detect.models.weights.sniff_weights_file`),
+    judged before anything is read; anything that is not a checkpoint (a folder, an image, a
+    text or YAML file, an empty or cut-off file) raises a one-line :class:`CheckpointError`."""
+    return sniff_weights_file(path, ACCEPTED_CHECKPOINTS, missing="checkpoint not found")
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The meta and the detector state dict of a checkpoint in either format."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if is_safetensors(path):
+    kind = check_checkpoint_file(path)
+    if kind == "safetensors":
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
@@ -105,16 +117,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             if raw_meta is None:
                 raise _not_ours(path)
             state_dict = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+        except (SafetensorError, OSError, ValueError) as exc:
+            detail = short_reason(exc)
+            raise damaged_file_error(path, "not a valid safetensors file"
+                           + (f": {detail}" if detail else "")) from None
         try:
             meta = json.loads(raw_meta)
         except json.JSONDecodeError as exc:
             raise CheckpointError(
-                f"{path}: the '{META_KEY}' metadata is not JSON ({exc})"
+                f"{path}: the '{META_KEY}' metadata is not JSON ({short_reason(exc)})"
             ) from None
     else:
-        obj = torch_load_safe(path)
+        obj = torch_load_file(path, kind)
         if not isinstance(obj, Mapping) or META_KEY not in obj:
             raise _not_ours(path)
         meta = obj[META_KEY]
@@ -172,18 +186,19 @@ def load_checkpoint(
         # rebuilds the same structure.
         meta = {k: v for k, v in meta.items() if k != "lora"}
         meta["model"] = detector.config.model_dump(mode="json")
-    return _ready(detector, meta, map_location)
+    return _ready(detector, meta, map_location, path)
 
 
-def _ready(detector: Detector, meta: dict[str, Any], map_location: str | torch.device) -> Detector:
+def _ready(detector: Detector, meta: dict[str, Any], map_location: str | torch.device,
+           source: str | Path | None = None) -> Detector:
     detector.threshold = float(meta.get("threshold", 0.5))
-    detector.temperature = _temperature(meta)
+    detector.temperature = _temperature(meta, source)
     detector.checkpoint_meta = meta
     detector.to(map_location)
     return detector.eval()
 
 
-def _temperature(meta: Mapping[str, Any]) -> float:
+def _temperature(meta: Mapping[str, Any], source: str | Path | None = None) -> float:
     """The stored temperature; 1.0 (no scaling) for checkpoints written before calibration."""
     import math
 
@@ -193,8 +208,9 @@ def _temperature(meta: Mapping[str, Any]) -> float:
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value > 0):
+        where = f"{source}: " if source is not None else ""
         raise CheckpointError(
-            f"checkpoint meta 'temperature' must be a positive number, got {raw!r}; "
+            f"{where}checkpoint meta 'temperature' must be a positive number, got {raw!r}; "
             "rerun deepfake-detect calibrate or export the checkpoint again"
         )
     return value
@@ -215,9 +231,11 @@ def load_detector(
 
         if is_adapter_folder(path):
             detector = load_adapter(path)
-            return _ready(detector, detector.checkpoint_meta, map_location)
+            return _ready(detector, detector.checkpoint_meta, map_location, path)
         return load_checkpoint(path, map_location)
     from deepfake_detect.models.registry import build_detector
+
+    check_checkpoint_file(path)  # before the detector is built: a bad file fails fast
 
     experiment: dict[str, Any] = {}
     if isinstance(config, (str, Path)):
@@ -231,4 +249,4 @@ def load_detector(
     model_cfg.update({"pretrained": None, "weights": None, "allow_download": False})
     detector = build_detector(model_cfg, weights=Path(path)).for_inference()
     meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
-    return _ready(detector, meta, map_location)
+    return _ready(detector, meta, map_location, path)

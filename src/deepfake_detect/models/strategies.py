@@ -21,6 +21,7 @@ from torch import nn
 
 from deepfake_detect.config.schema import LoraSettings, StrategyConfig
 from deepfake_detect.errors import CheckpointError, ConfigError
+from deepfake_detect.outputs import atomic_target, atomic_write, follow_umask
 from deepfake_detect.models.detector import Detector, _example_prefixes
 
 ADAPTER_META = "deepfake_detect.json"
@@ -183,8 +184,12 @@ def save_adapter(detector: Detector, folder: str | Path, meta: dict[str, Any]) -
         n: p.detach().cpu().contiguous() for n, p in detector.state_dict().items()
         if not n.startswith("backbone.")
     }
-    save_file(head, str(folder / HEAD_FILE))
-    (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str), "utf-8")
+    with atomic_target(folder / HEAD_FILE) as tmp:
+        save_file(head, str(tmp))
+    atomic_write(folder / ADAPTER_META, json.dumps(meta, indent=2, default=str))
+    for written in folder.iterdir():  # peft's own files too
+        if written.is_file():
+            follow_umask(written)
     return folder
 
 

@@ -36,6 +36,14 @@ from deepfake_detect.models.registry import build_detector, validate_model_confi
 from deepfake_detect.models.strategies import apply_strategy, save_adapter, unused_strategy_keys
 from deepfake_detect.runinfo import RUN_DIR_ENV, create_run_dir, write_run_info
 from deepfake_detect.training.module import DetectorModule, monitor_mode
+from deepfake_detect.training.run_folder import (
+    AtomicCheckpointIO,
+    RunFolder,
+    check_resume_config,
+    flatten,
+    newest_checkpoint,
+    open_run_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +92,6 @@ def _loggers(config: ExperimentConfig, run_dir: Path) -> list:
     return loggers
 
 
-def _find_resume(resume: bool | str | Path, out: Path | None) -> tuple[Path, Path] | None:
-    """The run folder and its ``last.ckpt`` to resume, or None for a fresh run."""
-    if not resume:
-        return None
-    candidate = Path(resume) if not isinstance(resume, bool) else out
-    if candidate is None:
-        raise ConfigError("--resume needs the run folder: pass --out RUN_DIR (or --resume RUN_DIR)")
-    if candidate.is_file():
-        return candidate.parent.parent if candidate.parent.name == "checkpoints" else candidate.parent, candidate
-    last = candidate / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(
-            f"cannot resume: {last} does not exist. Resume takes the run folder of an earlier "
-            "`deepfake-detect train` (it holds checkpoints/last.ckpt)"
-        )
-    return candidate, last
-
-
 def train(
     config: ExperimentConfig,
     out: str | Path | None = None,
@@ -117,22 +107,36 @@ def train(
     """
     started = time.time()
     model_cfg = validate_model_config(config.model)
-    resumed = _find_resume(resume, Path(out) if out else None)
-    # Processes started by a distributed launch re-run this function: they join rank 0's folder.
-    is_child = os.environ.get("LOCAL_RANK", "0") != "0" and RUN_DIR_ENV in os.environ
-    if resumed:
-        run_dir, last_ckpt = resumed
-    elif is_child:
+    # Processes started by a distributed launch re-run this function: they join rank 0's folder,
+    # which rank 0 holds locked.
+    if os.environ.get("LOCAL_RANK", "0") != "0" and RUN_DIR_ENV in os.environ:
         run_dir = Path(os.environ[RUN_DIR_ENV])
-    elif out is not None:
-        run_dir = Path(out)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(
-                f"{run_dir} is not empty: choose a new --out, or add --resume to continue that run"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(run_dir, newest_checkpoint(run_dir)[0] if resume else None, None)
     else:
-        run_dir = create_run_dir(config.output_dir, config.name)
+        if out is None and resume and isinstance(resume, bool):
+            raise ConfigError("--resume needs the run folder: pass --out RUN_DIR (or --resume RUN_DIR)")
+        target = Path(out) if out is not None else None
+        if target is None and not resume:
+            target = create_run_dir(config.output_dir, config.name)
+        folder = open_run_folder(target, resume)
+    try:
+        return _train(config, model_cfg, folder, callbacks, progress, started)
+    finally:
+        folder.release()
+
+
+def _train(
+    config: ExperimentConfig,
+    model_cfg,
+    folder: RunFolder,
+    callbacks: list[Callback] | None,
+    progress: bool | None,
+    started: float,
+) -> TrainResult:
+    run_dir, last_ckpt = folder.path, folder.checkpoint
+    resumed = last_ckpt is not None
+    for note in folder.notes:
+        _print(f"[yellow]{note}[/yellow]")
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -147,8 +151,17 @@ def train(
                    "were made (the data's prepare.json); the latter is stored with the model")
         update["prepare"] = found
     resolved = config.model_copy(update=update)
+    changes: dict = {}
+    if resumed:  # the saved config is the truth; only the resumable keys may change
+        changes = check_resume_config(run_dir, resolved.model_dump(mode="json"))
+        for key, (old, new) in changes.items():
+            _print(f"resume: {key} changes from {old!r} to {new!r}")
     if rank_zero_only.rank == 0:
-        write_run_info(run_dir, resolved.model_dump(mode="json"), resumed_from=str(last_ckpt) if resumed else None)
+        write_run_info(
+            run_dir, resolved.model_dump(mode="json"), tool_command="train",
+            resumed_from=str(last_ckpt) if resumed else None,
+            resume_changes={k: list(v) for k, v in changes.items()} or None,
+        )
 
     detector = build_detector(model_cfg)
     counts = apply_strategy(detector, config.strategy)
@@ -200,7 +213,8 @@ def train(
     history = _read_csv(run_dir / "metrics.csv") if resumed else []
     loggers = _loggers(resolved, run_dir)
     if rank_zero_only.rank == 0:
-        params = _flatten(resolved.model_dump(mode="json"))
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                  for k, v in flatten(resolved.model_dump(mode="json")).items()}
         for lg in loggers:
             lg.log_hyperparams(params)
     if loggers:
@@ -220,6 +234,7 @@ def train(
         deterministic=tcfg.deterministic,
         logger=loggers or False,
         callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=config.log.every_n_steps,
         enable_progress_bar=show_progress,
         enable_model_summary=False,
@@ -232,7 +247,7 @@ def train(
     with warnings.catch_warnings():
         if detector.frozen_children:  # the feature_extractor strategy keeps them in eval mode
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt if resumed else None,
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last_ckpt,
                     weights_only=True)
     if history and trainer.global_rank == 0:
         _prepend_history(run_dir / "metrics.csv", history)
@@ -274,16 +289,6 @@ def train(
         plot_learning_curves(run_dir / "metrics.csv", run_dir / "learning_curves.png")
     _log_mlflow_artifacts(loggers, run_dir, config.log.mlflow.log_model)
     return result
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

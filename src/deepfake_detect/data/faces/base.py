@@ -192,6 +192,21 @@ def face_detector_names() -> list[str]:
     return sorted(set(_BACKENDS) | set(_BUILTIN))
 
 
+def check_detect_config(config: DetectConfig) -> None:
+    """Refuse an unknown backend or device now, before any file is read (a worker building the
+    detector later would fail once per video)."""
+    if config.backend not in face_detector_names():
+        raise ConfigError(
+            f"prepare.detect.backend: unknown face detector {config.backend!r}; choose one of "
+            f"{', '.join(face_detector_names())}"
+        )
+    if config.backend in _TORCH_BACKENDS:
+        detection_device(config.device)
+
+
+_TORCH_BACKENDS = ("mtcnn", "retinaface")
+
+
 def build_face_detector(config: DetectConfig | None = None) -> FaceDetector:
     """The backend ``config.backend``, ready to detect."""
     config = config or DetectConfig()

@@ -54,6 +54,10 @@ class MTCNNDetector(FaceDetector):
         """Faces in detection-image pixels for a ``(N, H, W, 3)`` uint8 batch of one size."""
         # min_face is in original-frame pixels; the pyramid works in detection-image pixels
         self._net.min_face_size = max(MTCNN_MIN_FACE, min_face_pixels(self.config, batch.shape[1:3], factor))
+        if min(batch.shape[1:3]) < self._net.min_face_size:
+            # no face of the minimum size fits: facenet-pytorch's image pyramid would be empty
+            # and fail (torch.cat of no tensors) instead of finding nothing
+            return [[] for _ in range(len(batch))]
         # A 4-D uint8 array goes straight into a tensor inside facenet-pytorch (PIL images would
         # be converted back to arrays first); results are identical either way.
         boxes, probs, points = self._net.detect(batch, landmarks=True)
