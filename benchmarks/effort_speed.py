@@ -118,14 +118,11 @@ def write_snapshot(folder: Path, size: str) -> Path:
 
 def release_layout(size: str) -> dict[str, torch.Size]:
     """Key -> shape of the Effort state dict, from the structure the loader builds (no SVD)."""
-    from deepfake_detect.models.registry import _WEIGHTS_FOLLOW, get_entry, validate_model_config
+    from deepfake_detect.models.registry import get_entry, validate_model_config
 
     cfg = validate_model_config(effort_config(size))
-    token = _WEIGHTS_FOLLOW.set(True)  # what build_detector sets when weights are loaded next
-    try:
-        detector = get_entry("effort").factory(cfg)
-    finally:
-        _WEIGHTS_FOLLOW.reset(token)
+    # what build_detector does when weights are loaded next
+    detector = get_entry("effort").build(cfg, weights_follow=True)
     layout = {k: v.shape for k, v in detector.state_dict().items()}
     del detector
     free()
@@ -238,18 +235,14 @@ def read_all(model: nn.Module) -> None:
 
 def release_breakdown(size: str, release: Path) -> dict[str, float]:
     """Where a release build spends its time: reading, construction, strict load."""
-    from deepfake_detect.models.registry import _WEIGHTS_FOLLOW, get_entry, validate_model_config
+    from deepfake_detect.models.registry import get_entry, validate_model_config
     from deepfake_detect.models.weights import load_detector_weights, read_state_dict
 
     out = {}
     free()
     t = time.perf_counter()
     cfg = validate_model_config(effort_config(size))
-    token = _WEIGHTS_FOLLOW.set(True)
-    try:
-        detector = get_entry("effort").factory(cfg)
-    finally:
-        _WEIGHTS_FOLLOW.reset(token)
+    detector = get_entry("effort").build(cfg, weights_follow=True)
     out["construct"] = time.perf_counter() - t
     t = time.perf_counter()
     sd = read_state_dict(release)

@@ -126,7 +126,7 @@ def cache_speed(size: str, device: torch.device, images: int, batch: int, epochs
     from lightning.pytorch.callbacks import Callback
 
     from deepfake_detect.config import load_config
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.training.train import train
 
     class EpochTimer(Callback):
         def __init__(self) -> None:

@@ -26,7 +26,7 @@ from deepfake_detect.data.datamodule import FaceDataModule
 from deepfake_detect.models.registry import build_detector, validate_model_config
 from deepfake_detect.training.losses import build_loss
 from deepfake_detect.training.optim import build_optimizer
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 
 def make_data(root: Path, n: int, size: int) -> Path:

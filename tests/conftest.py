@@ -149,3 +149,15 @@ TINY_DUAL_STREAM = {
     "convlstm_filters": [8, 4],
     "classifier": [16, 8],
 }
+
+
+def face_checkpoint(folder: Path, prepare: dict) -> Path:
+    """A tiny random image detector saved with the face settings ``prepare`` (as a run made
+    from prepared crops stores them), for the tests of predict on raw photos and videos."""
+    from deepfake_detect.models import build_detector, checkpoint_meta, export_safetensors
+
+    torch.manual_seed(0)
+    det = build_detector({"name": "timm", "timm_name": "test_resnet", "input_size": 32}).eval()
+    experiment = {"model": det.config.model_dump(mode="json"), "prepare": prepare}
+    return export_safetensors(det, folder / "model.safetensors",
+                              checkpoint_meta(det, threshold=0.5, experiment=experiment))

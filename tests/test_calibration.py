@@ -15,7 +15,7 @@ from deepfake_detect.cli import app
 from deepfake_detect.config import load_config
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.errors import DataError
-from deepfake_detect.evaluation.calibration import (
+from deepfake_detect.calibration.temperature import (
     T_MAX,
     T_MIN,
     binary_nll,
@@ -32,7 +32,7 @@ from deepfake_detect.evaluation.metrics import (
     reliability_curve,
 )
 from deepfake_detect.models.checkpoint import export_safetensors, load_detector, read_checkpoint
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 runner = CliRunner()
 
@@ -217,11 +217,11 @@ def test_calibrate_writes_checkpoint_and_predict_applies_it(trained, tmp_path) -
     assert "nll" in result.output and "temperature" in result.output
     meta, _ = read_checkpoint(out)
     report = json.loads((out.parent / "calibration.json").read_text())
-    t, threshold = meta["temperature"], meta["threshold"]
+    t, threshold = meta.temperature, meta.threshold
     assert t == pytest.approx(report["temperature"])
     assert 1.0 < t < 100.0  # over-confident: the scores are softened, not at a bound
     assert 0 < threshold < 1 and threshold == pytest.approx(report["threshold"])
-    cal = meta["calibration"]
+    cal = meta.calibration
     assert cal["n"] == 36 and cal["threshold_strategy"] == "max_acc" and not cal["notes"]
     assert cal["nll_after"] < cal["nll_before"]
     # ECE on 36 samples in 15 bins is too coarse to be sure to fall: only recorded
@@ -239,7 +239,7 @@ def test_calibrate_writes_checkpoint_and_predict_applies_it(trained, tmp_path) -
     z, _ = score_fake_logits(original, test_samples, num_workers=0, progress=False)
     preds = tmp_path / "p.json"
     result = runner.invoke(app, ["predict", "--checkpoint", str(out), str(data / "test"),
-                                 "--json", str(preds), "--workers", "0"])
+                                 "--json", str(preds), "--workers", "0", "--crops"])
     assert result.exit_code == 0, result.output
     # real/ and fake/ share file names: key by the whole path
     got = {Path(r["filename"]).resolve(): r for r in json.loads(preds.read_text())}
@@ -258,18 +258,18 @@ def test_calibrate_fpr_target_and_evaluate_reports_calibration(trained, tmp_path
                                  "--target-fpr", "0.1", "--out", str(out), "--workers", "0"])
     assert result.exit_code == 0, result.output
     meta, _ = read_checkpoint(out)
-    assert meta["calibration"]["target_fpr"] == 0.1
+    assert meta.calibration["target_fpr"] == 0.1
     ev = tmp_path / "eval"
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "--data", str(data),
                                  "--split", "val", "--out", str(ev), "--workers", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((ev / "toy" / "metrics.json").read_text())
     frame = metrics["frame"]
-    assert metrics["threshold"] == pytest.approx(meta["threshold"])
+    assert metrics["threshold"] == pytest.approx(meta.threshold)
     (tn, fp), _ = frame["confusion"]
     assert fp / (fp + tn) <= 0.1  # on the data the threshold was chosen on
-    assert frame["ece"] == pytest.approx(meta["calibration"]["ece_after"], abs=1e-4)
-    assert frame["brier"] == pytest.approx(meta["calibration"]["brier_after"], abs=1e-4)
+    assert frame["ece"] == pytest.approx(meta.calibration["ece_after"], abs=1e-4)
+    assert frame["brier"] == pytest.approx(meta.calibration["brier_after"], abs=1e-4)
     assert (ev / "toy" / "reliability.png").stat().st_size > 1000
 
 

@@ -73,7 +73,7 @@ def test_export_safetensors_roundtrip(tmp_path, kind):
     det = load_checkpoint(path)
     assert not det.training
     assert det.threshold == 0.3
-    assert det.checkpoint_meta["experiment"] == EXPERIMENT
+    assert det.checkpoint_meta.experiment == EXPERIMENT
     assert det.preprocessing() == src.preprocessing()
     assert type(det) is type(src) and det.num_classes == src.num_classes
     same_outputs(det, src)
@@ -102,7 +102,7 @@ def test_lightning_checkpoint_roundtrip(tmp_path):
     torch.load(tmp_path / "best.ckpt", weights_only=True)
     det = load_checkpoint(tmp_path / "best.ckpt")
     assert det.threshold == 0.61
-    assert det.checkpoint_meta["model"] == meta["model"]
+    assert det.checkpoint_meta.model == meta["model"]
     same_outputs(det, src)
     # The same file also serves as detector weights for a matching config.
     same_outputs(build_detector(CONFIGS["cnn"], weights=tmp_path / "best.ckpt").eval(), src)
@@ -159,3 +159,27 @@ def test_checkpoint_with_mismatched_weights(tmp_path):
     export_safetensors(src, tmp_path / "bad.safetensors", meta)
     with pytest.raises(CheckpointError, match="model.num_classes: 1"):
         load_checkpoint(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("threshold", 2.0, "threshold"), ("threshold", float("nan"), "threshold"),
+    ("temperature", -1.0, "temperature"), ("temperature", "hot", "temperature"),
+    ("experiment", "not a mapping", "experiment"), ("format", 99, "newer deepfake-detect"),
+])
+def test_checkpoint_meta_is_typed_and_validated_when_read(tmp_path, key, value, words):
+    """A stored meta that was edited or damaged fails on reading, in one line naming the key,
+    never later as a wrong threshold or a traceback."""
+    from deepfake_detect.models.checkpoint_meta import CheckpointMeta
+
+    src = build_detector(CONFIGS["cnn"])
+    good = export_safetensors(src, tmp_path / "good.safetensors", checkpoint_meta(src, 0.3))
+    meta = load_checkpoint(good).checkpoint_meta
+    assert isinstance(meta, CheckpointMeta) and meta.threshold == 0.3 and meta.temperature == 1.0
+    assert meta.model["name"] == src.config.name and meta.eval_settings == {}
+    bad = checkpoint_meta(src)
+    bad[key] = value
+    path = export_safetensors(src, tmp_path / "bad.safetensors", bad)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert words in message and "bad.safetensors" in message and "\n" not in message

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import REPO, make_dataset, tiny_config
 from deepfake_detect.cli import app
 from deepfake_detect.config import load_config
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 runner = CliRunner()
 COMMANDS = [
@@ -77,11 +77,11 @@ def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
               str(tmp_path / "missing.jpg")]
     result = runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"),
                                  *inputs, "--out", str(out), "--json", str(tmp_path / "p.json"),
-                                 "--workers", "0", "--threshold", "0.3"])
+                                 "--workers", "0", "--threshold", "0.3", "--crops"])
     assert result.exit_code == 0, result.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error"]
+    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error", "status"]
     by_name = {Path(r["filename"]).name: r for r in rows}
     assert by_name["broken.png"]["error"] and by_name["broken.png"]["score"] == ""
     assert "no such file" in by_name["missing.jpg"]["error"]
@@ -102,7 +102,7 @@ def test_predict_submission_is_exactly_filename_label(trained, tmp_path):
     inputs = [str(data / "test" / "real"), str(bad), str(data / "test" / "fake")]
     result = runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"),
                                  *inputs, "--format", "submission", "--out", str(out),
-                                 "--workers", "0", "--fail-label", "0"])
+                                 "--workers", "0", "--fail-label", "0", "--crops"])
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
     assert lines[0] == "filename,label"
@@ -114,7 +114,7 @@ def test_predict_submission_is_exactly_filename_label(trained, tmp_path):
     # Same labels as the detailed CSV.
     detailed = tmp_path / "preds.csv"
     runner.invoke(app, ["predict", "--checkpoint", str(run_dir / "model.safetensors"), *inputs,
-                        "--out", str(detailed), "--workers", "0"])
+                        "--out", str(detailed), "--workers", "0", "--crops"])
     with open(detailed, newline="") as fh:
         full = {Path(r["filename"]).name: r["label"] for r in csv.DictReader(fh) if not r["error"]}
     assert all(dict(rows)[name] == label for name, label in full.items())
@@ -182,7 +182,7 @@ def test_readme_config_reference_is_current():
     readme = (REPO / "README.md").read_text()
     block = re.search(r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.S)
     assert block, "README lacks the config reference markers"
-    assert block.group(1).strip() == config_reference().strip(), (
+    assert block.group(1).strip() == config_reference(builtin_only=True).strip(), (
         "README config reference is stale: regenerate with `deepfake-detect config --reference`"
     )
 

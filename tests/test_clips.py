@@ -14,7 +14,7 @@ from PIL import Image
 
 from deepfake_detect.config.schema import AugmentConfig, DataConfig
 from deepfake_detect.data.clip_datamodule import ClipDataModule
-from deepfake_detect.data.clips import (
+from deepfake_detect.data.video_clips import (
     ClipDataset,
     ClipEpochSampler,
     VideoFrames,

@@ -17,7 +17,7 @@ from deepfake_detect.evaluation.dashboard import (
     build_dashboard,
     plot_dashboard,
 )
-from deepfake_detect.evaluation.errors import error_analysis, top_errors
+from deepfake_detect.evaluation.error_analysis import error_analysis, top_errors
 
 
 def _data(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +139,8 @@ def test_error_analysis_without_errors(tmp_path: Path) -> None:
 
 def test_evaluate_checkpoint_writes_dashboard_and_errors(tmp_path: Path) -> None:
     from deepfake_detect.config import load_config
-    from deepfake_detect.evaluation.runner import evaluate_checkpoint
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
+    from deepfake_detect.training.train import train
 
     data = make_dataset(tmp_path / "toy", videos_per_class=3, frames=2,
                         splits=("train", "val", "test"))

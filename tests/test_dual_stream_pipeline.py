@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from deepfake_detect.cli import app
 from deepfake_detect.config import load_config
-from deepfake_detect.evaluation.runner import evaluate_checkpoint
-from deepfake_detect.training.runner import train
+from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
+from deepfake_detect.training.train import train
 
 runner = CliRunner()
 MODEL = {**TINY_DUAL_STREAM, "sequence": {"frames": 4, "stride": 2, "eval_clips": 2}}

@@ -13,7 +13,7 @@ from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models import build_detector, export_safetensors, load_checkpoint
 from deepfake_detect.models.adapters.svd import SVDResidualLinear, svd_residual_layers
 from deepfake_detect.models.checkpoint import checkpoint_meta, load_detector
-from deepfake_detect.models.registry import _WEIGHTS_FOLLOW, get_entry, validate_model_config
+from deepfake_detect.models.registry import get_entry, validate_model_config
 
 TINY = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -110,11 +110,8 @@ def test_only_residuals_and_head_train():
 
 def test_full_size_layout_matches_the_release_key_list(shared):
     listed = json.loads((shared / "fixtures/effort/effort_clip_l14_keys.json").read_text())
-    token = _WEIGHTS_FOLLOW.set(True)  # structure only: no init, no SVD
-    try:
-        det = get_entry("effort").factory(validate_model_config({"name": "effort"}))
-    finally:
-        _WEIGHTS_FOLLOW.reset(token)
+    # Structure only: no init, no SVD.
+    det = get_entry("effort").build(validate_model_config({"name": "effort"}), weights_follow=True)
     sd = det.state_dict()
     assert {k: list(v.shape) for k, v in sd.items()} == {k: list(s) for k, s in listed.items()}
     assert sum(v.numel() for v in sd.values()) == 303_378_530
@@ -226,7 +223,7 @@ def test_load_detector_reads_the_release_with_a_config(effort_files, tmp_path):
     config.write_text(yaml.safe_dump({"name": "x", "model": release_cfg(expected)}))
     det = load_detector(path, config)
     assert det.config.merged and det.threshold == 0.5
-    assert det.checkpoint_meta["model"]["name"] == "effort"
+    assert det.checkpoint_meta.model["name"] == "effort"
     with torch.no_grad():
         torch.testing.assert_close(det(expected["input"]), expected["logits"], atol=1e-5, rtol=0)
     with pytest.raises(CheckpointError, match="not a deepfake-detect checkpoint"):
@@ -372,9 +369,9 @@ def test_finetune_from_release_then_evaluate_and_predict(effort_files, toy_datas
     from conftest import tiny_config
 
     from deepfake_detect.config import load_config
-    from deepfake_detect.evaluation.runner import evaluate_checkpoint
+    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
     from deepfake_detect.inference.predict import predict_files
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.training.train import train
 
     path, expected = effort_files
     base = tiny_config(toy_dataset, tmp_path / "runs", epochs=1)
@@ -409,7 +406,8 @@ def test_finetune_from_release_then_evaluate_and_predict(effort_files, toy_datas
                                   split="test", num_workers=0, plots=False, progress=False)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary) == set(results) and summary[next(iter(summary))]["frame"]["n"] == 36
-    rows = predict_files(exported, [toy_dataset / "test" / "fake"], threshold=0.5, num_workers=0)
+    rows = predict_files(exported, [toy_dataset / "test" / "fake"], threshold=0.5, num_workers=0,
+                         crops=True)
     assert len(rows) == 18 and all(0 <= r.score <= 1 for r in rows)
 
 
@@ -434,7 +432,7 @@ def test_cli_runs_the_release_through_evaluate_predict_and_export(effort_files, 
 
     result = runner.invoke(app, ["predict", "-c", str(config), "--checkpoint", str(path),
                                  str(toy_dataset / "test" / "real"), "--out", str(tmp_path / "p.csv"),
-                                 "--workers", "0"])
+                                 "--workers", "0", "--crops"])
     assert result.exit_code == 0, result.output
     with open(tmp_path / "p.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -450,7 +448,7 @@ def test_cli_runs_the_release_through_evaluate_predict_and_export(effort_files, 
         torch.testing.assert_close(det(expected["input"]), expected["logits"], atol=1e-5, rtol=0)
     # Scores from the release and from its export agree file by file.
     result = runner.invoke(app, ["predict", "--checkpoint", str(out), str(toy_dataset / "test" / "real"),
-                                 "--out", str(tmp_path / "q.csv"), "--workers", "0"])
+                                 "--out", str(tmp_path / "q.csv"), "--workers", "0", "--crops"])
     with open(tmp_path / "q.csv", newline="") as fh:
         again = {r["filename"]: float(r["score"]) for r in csv.DictReader(fh)}
     assert all(abs(again[r["filename"]] - float(r["score"])) < 1e-5 for r in rows)

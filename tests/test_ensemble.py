@@ -12,10 +12,9 @@ import yaml
 from conftest import make_dataset
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.errors import ConfigError, DataError
-from deepfake_detect.evaluation.ensemble_fit import calibrate_ensemble
+from deepfake_detect.calibration.ensemble import calibrate_ensemble, fit_weights
 from deepfake_detect.inference.ensemble import (
     Ensemble,
-    fit_weights,
     is_ensemble_file,
     load_model,
     parse_weights,
@@ -273,13 +272,14 @@ def test_ensemble_scores_the_faces_of_photos_and_predict_writes_the_spread(membe
     from typer.testing import CliRunner
 
     from deepfake_detect.cli import app
-    from deepfake_detect.inference.media import MediaScorer, prepare_settings
+    from deepfake_detect.inference.media_scoring import MediaScorer, prepare_settings
     from deepfake_detect.inference.predict import predict_files
 
     paths, data = members
     photo = shared / "media" / "faces" / "two_people.jpg"
     ens = load_model(paths[:2], weights="3,1")
-    rows = predict_files(ens, [photo], detect_faces=True, device="cpu", progress=False)
+    rows = predict_files(ens, [photo], detect_faces=True, device="cpu", progress=False,
+                         select="largest")
     (row,) = rows
     assert row.faces == 1 and row.score is not None and row.score_std is not None  # largest face
     # the same crops scored by each member alone, combined by hand
@@ -292,7 +292,7 @@ def test_ensemble_scores_the_faces_of_photos_and_predict_writes_the_spread(membe
     crops = _files(data)[:3]
     out = tmp_path / "p.csv"
     result = CliRunner().invoke(app, ["predict", "--checkpoint", str(paths[0]), "--checkpoint",
-                                      str(paths[2]), "--ensemble", "hard", *map(str, crops),
+                                      str(paths[2]), "--ensemble", "hard", "--crops", *map(str, crops),
                                       "--out", str(out), "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     with open(out, newline="") as fh:

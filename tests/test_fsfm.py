@@ -98,7 +98,7 @@ def test_finetuning_from_the_pretrained_encoder_learns_with_fake_index_0(fsfm, t
     from conftest import tiny_config
 
     from deepfake_detect.config import load_config
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.training.train import train
 
     folder, _, cfg = fsfm
     base = tiny_config(toy_dataset, tmp_path / "runs", epochs=3)
@@ -120,8 +120,8 @@ def test_official_finetuned_file_runs_through_load_detector(fsfm, tmp_path):
     config = tmp_path / "fsfm_tiny.yaml"
     config.write_text(yaml.safe_dump({"model": cfg}))
     det = load_detector(folder / "fsfm_tiny_finetuned.pth", config)
-    assert det.checkpoint_meta["model"]["fake_index"] == 0
-    assert det.checkpoint_meta["preprocessing"]["mean"] == pytest.approx([0.5482, 0.4234, 0.3655])
+    assert det.checkpoint_meta.model["fake_index"] == 0
+    assert det.checkpoint_meta.preprocessing["mean"] == pytest.approx([0.5482, 0.4234, 0.3655])
     with torch.no_grad():
         torch.testing.assert_close(det.predict_proba(expected["input"]), expected["prob_fake"],
                                    atol=1e-5, rtol=0)

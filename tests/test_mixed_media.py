@@ -148,8 +148,8 @@ def test_eval_samples_of_a_videos_only_folder(tmp_path: Path) -> None:
 
 def test_train_and_evaluate_on_a_mixed_folder(tmp_path: Path, shared: Path, monkeypatch) -> None:
     """Real face detection (MTCNN) on a real video, end to end through train and evaluate."""
-    from deepfake_detect.evaluation.runner import evaluate_checkpoint
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
+    from deepfake_detect.training.train import train
 
     root = mixed_folder(tmp_path / "seed", images_per_class=6)
     for name in ("real/real_clip.mp4", "fake/fake_clip.mp4"):

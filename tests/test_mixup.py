@@ -12,7 +12,7 @@ from deepfake_detect.data.transforms import augment_is_random, build_mixup
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.models import build_detector
 from deepfake_detect.training.module import DetectorModule
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 
 def _module(tmp_path, **augment):

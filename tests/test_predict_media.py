@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import square_frames, write_video
+from conftest import face_checkpoint, square_frames, write_video
 from typer.testing import CliRunner
 
 from deepfake_detect.cli.app import app
-from deepfake_detect.inference.media import MediaScorer, prepare_settings
+from deepfake_detect.inference.media_scoring import MediaScorer, prepare_settings
 from deepfake_detect.inference.predict import predict_files, write_per_face
-from deepfake_detect.models import build_detector, checkpoint_meta, export_safetensors, load_checkpoint
+from deepfake_detect.models import load_checkpoint
 
 PREPARE = {
     "frames": {"count": 3},
@@ -27,11 +27,7 @@ PREPARE = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    det = build_detector({"name": "timm", "timm_name": "test_resnet", "input_size": 32}).eval()
-    experiment = {"model": det.config.model_dump(mode="json"), "prepare": PREPARE}
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    return export_safetensors(det, path, checkpoint_meta(det, threshold=0.5, experiment=experiment))
+    return face_checkpoint(tmp_path_factory.mktemp("ckpt"), PREPARE)
 
 
 def test_checkpoint_carries_face_settings(checkpoint: Path) -> None:
@@ -101,7 +97,7 @@ def test_cli_predict_video_writes_rows_and_per_frame(tmp_path: Path, shared: Pat
     assert res.exit_code == 0, res.output
     with open(tmp_path / "p.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error"]
+    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error", "status"]
     assert rows[0]["frames"] == "3" and int(rows[0]["faces"]) >= 1 and rows[0]["score"]
     with open(tmp_path / "f.csv") as fh:
         faces = list(csv.DictReader(fh))
@@ -111,10 +107,11 @@ def test_cli_predict_video_writes_rows_and_per_frame(tmp_path: Path, shared: Pat
 
 def test_crop_images_are_scored_as_they_are(tmp_path: Path, shared: Path, checkpoint: Path) -> None:
     crops = shared / "media" / "crops" / "real"
-    rows = predict_files(load_checkpoint(checkpoint), [crops], progress=False, device="cpu")
+    rows = predict_files(load_checkpoint(checkpoint), [crops], progress=False, device="cpu",
+                         crops=True)
     assert len(rows) == 11 and all(r.frames == 1 and r.faces == 1 and r.score is not None for r in rows)
     out = io.StringIO()
     from deepfake_detect.inference.predict import write_predictions
 
     write_predictions(rows, out)
-    assert out.getvalue().splitlines()[0] == "filename,label,score,frames,faces,error"
+    assert out.getvalue().splitlines()[0] == "filename,label,score,frames,faces,error,status"

@@ -234,3 +234,34 @@ def test_label_folder_loops_end_and_broken_links_reach_verification(tmp_path: Pa
     bad = dict(verify_images([s.path for s in found.samples], "header"))
     assert set(bad) == {root / "fake" / "gone.png", root / "fake" / "loop.png"}
     assert all(bad.values())
+
+
+def test_prepare_discovery_follows_links_like_predict_and_datasets(folder: Path,
+                                                                     tmp_path: Path) -> None:
+    """prepare's media discovery walks folders as predict and datasets do: symlinked folders
+    followed, each real folder once; broken links and loops reported with the same reason
+    (they used to be left to fail later, and symlinked folders were not entered)."""
+    from deepfake_detect.data.media_inputs import find_media
+
+    elsewhere = tmp_path / "elsewhere" / "clips"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(folder / "good.png", elsewhere / "far.png")
+    os.symlink(elsewhere, folder / "linked", target_is_directory=True)
+    found = _in_time(lambda: find_media([folder]))
+    files, errors = collect_inputs([folder])
+    assert sorted(i.path for i in found.items) == sorted(files)
+    assert sorted(i.path.relative_to(folder).as_posix() for i in found.items) == [
+        "good.png", "link.png", "linked/far.png", "sub/inner.png"
+    ]
+    assert {i.video for i in found.items} == {"good", "link", "linked/far", "sub/inner"}
+    assert sorted(found.problems) == sorted((r.filename, r.error) for r in errors)
+    assert dict(found.problems)[str(folder / "gone.png")] == _gone_error(folder)
+    # a CSV manifest: the datasets' reader, and a listed broken link with the datasets' reason
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,label,split\n{folder / 'good.png'},real,val\n"
+                        f"{folder / 'gone.png'},fake,\n")
+    listed = find_media([manifest])
+    assert [(i.path.name, i.label, i.split) for i in listed.items] == [("good.png", 0, "val")]
+    ((_, why),) = listed.problems
+    assert why == f"{_gone_error(folder)} (listed in {manifest} line 3)"
+    assert scan([manifest]).missing == [(folder / "gone.png", why)]

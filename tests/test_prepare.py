@@ -13,7 +13,7 @@ from PIL import Image
 
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data.faces.base import Face, FaceDetector
-from deepfake_detect.data.media import find_media
+from deepfake_detect.data.media_inputs import find_media
 from deepfake_detect.data.prepare import prepare, read_prepare_settings
 from deepfake_detect.data.sources import scan
 from deepfake_detect.errors import DataError
@@ -265,8 +265,8 @@ def test_training_on_a_prepared_manifest_records_the_face_settings(tmp_path: Pat
 
     from deepfake_detect.config import load_config
     from deepfake_detect.models import load_checkpoint
-    from deepfake_detect.inference.media import prepare_settings
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.inference.media_scoring import prepare_settings
+    from deepfake_detect.training.train import train
 
     root = tmp_path / "media"
     for i in range(4):

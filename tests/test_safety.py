@@ -45,7 +45,7 @@ from deepfake_detect.training.run_folder import (
     checkpoint_progress,
     newest_checkpoint,
 )
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 CLI = [sys.executable, "-m", "deepfake_detect"]
 

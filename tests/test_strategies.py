@@ -21,7 +21,7 @@ from deepfake_detect.models.strategies import (
     load_adapter,
 )
 from deepfake_detect.training.optim import param_groups
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 
 @pytest.fixture(scope="module")

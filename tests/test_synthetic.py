@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake_detect.data.synthetic import (
-    generate_dataset,
-    random_identity,
-    render_face,
-    self_blend,
-)
+from deepfake_detect.data.sbi import self_blend
+from deepfake_detect.demo.faces import generate_dataset, random_identity, render_face
 from deepfake_detect.errors import DataError
 
 NAME = re.compile(r"^(id\d{4,})_frame_(\d{3})\.png$")

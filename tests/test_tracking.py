@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from conftest import make_dataset, tiny_config
 from deepfake_detect.config import load_config
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 
 def test_mlflow_file_store_gets_params_metrics_and_artifacts(tmp_path):

@@ -15,7 +15,7 @@ from conftest import make_dataset, tiny_config
 from deepfake_detect import load_checkpoint
 from deepfake_detect.config import load_config
 from deepfake_detect.errors import ConfigError
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
@@ -149,5 +149,5 @@ def test_the_datas_prepare_settings_win_over_the_configs(toy_dataset, tmp_path):
     base = tiny_config(toy_dataset, tmp_path / "runs", epochs=1, evaluate_test=False)
     base["prepare"] = {"crop": {"mode": "box", "size": 64}}  # e.g. a recipe's default
     result = train(load_config(base=base), out=tmp_path / "run")
-    stored = load_checkpoint(result.run_dir / "model.safetensors").checkpoint_meta["experiment"]
+    stored = load_checkpoint(result.run_dir / "model.safetensors").checkpoint_meta.experiment
     assert PrepareConfig.model_validate(stored["prepare"]) == made

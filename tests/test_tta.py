@@ -176,7 +176,7 @@ def test_score_files_with_mc_dropout_and_tta(tmp_path):
 
 @pytest.fixture(scope="module")
 def dropout_run(tmp_path_factory) -> tuple[Path, Path]:
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.training.train import train
 
     tmp = tmp_path_factory.mktemp("tta")
     data = make_dataset(tmp / "toy", videos_per_class=2, frames=2, splits=("train", "val", "test"))
@@ -191,15 +191,16 @@ def test_predict_mc_dropout_writes_score_std(dropout_run, tmp_path):
     out = tmp_path / "preds.csv"
     result = runner.invoke(app, ["predict", "--checkpoint", str(model), str(data / "test"),
                                  "--mc-dropout", "4", "--tta", "hflip", "--out", str(out),
-                                 "--workers", "0"])
+                                 "--workers", "0", "--crops"])
     assert result.exit_code == 0, result.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error", "score_std"]
+    assert list(rows[0]) == ["filename", "label", "score", "frames", "faces", "error", "score_std",
+                             "status"]
     assert len(rows) == 8 and all(float(r["score_std"]) > 0 for r in rows)
     plain = tmp_path / "plain.csv"
     runner.invoke(app, ["predict", "--checkpoint", str(model), str(data / "test"), "--out",
-                        str(plain), "--workers", "0"])
+                        str(plain), "--workers", "0", "--crops"])
     assert "score_std" not in plain.read_text().splitlines()[0]
 
 
@@ -237,8 +238,8 @@ def test_evaluate_tta_records_the_views(dropout_run, tmp_path):
 
 
 def test_recipe_tta_is_used_after_training_and_by_evaluate(toy_dataset, tmp_path):
-    from deepfake_detect.evaluation.runner import evaluate_checkpoint
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
+    from deepfake_detect.training.train import train
 
     base = tiny_config(toy_dataset, tmp_path / "runs", epochs=1)
     base["eval"] = {"tta": "hflip", "plots": False}

@@ -16,14 +16,15 @@ from PIL import Image
 from torch import nn
 
 from deepfake_detect.config.schema import PrepareConfig
-from deepfake_detect.data.clips import ClipDataset, frames_folder_samples, group_frames, sequence_settings
+from deepfake_detect.data.video_clips import ClipDataset, frames_folder_samples, group_frames, sequence_settings
 from deepfake_detect.data.transforms import build_clip_transform, build_transform
 from deepfake_detect.errors import ConfigError
-from deepfake_detect.evaluation.aggregation import AGGREGATORS
-from deepfake_detect.evaluation.runner import evaluate_checkpoint, evaluate_samples
-from deepfake_detect.inference import media as media_module
-from deepfake_detect.inference.clips import score_videos
-from deepfake_detect.inference.media import MediaScorer
+from deepfake_detect.inference.aggregation import AGGREGATORS
+from deepfake_detect.evaluation.evaluate import evaluate_checkpoint, evaluate_samples
+from deepfake_detect.inference import media_scoring as media_module
+from deepfake_detect.models.checkpoint_meta import CheckpointMeta
+from deepfake_detect.inference.clip_scoring import score_videos
+from deepfake_detect.inference.media_scoring import MediaScorer
 from deepfake_detect.inference.predict import predict_files, predict_videos, write_predictions
 from deepfake_detect.inference.tta import (
     TTASpec,
@@ -166,7 +167,8 @@ def test_predict_files_fills_score_std_for_videos_and_photos(
 ):
     monkeypatch.setattr(media_module, "build_face_finder", lambda *a, **k: BrightSquare())
     detector = image_detector(0.5)
-    detector.checkpoint_meta = {"experiment": {"prepare": PREPARE}}
+    detector.checkpoint_meta = CheckpointMeta(model=detector.config.model_dump(mode="json"),
+                                              experiment={"prepare": PREPARE})
     crop = tmp_path / "crop.png"
     write_face_like(crop, 1, np.random.default_rng(0), 32)
     per_face: list = []
@@ -183,7 +185,7 @@ def test_predict_files_fills_score_std_for_videos_and_photos(
     out = io.StringIO()
     write_predictions(rows, out)
     header, *lines = list(csv.reader(io.StringIO(out.getvalue())))
-    assert header[-1] == "score_std" and all(float(r[-1]) > 0 for r in lines)
+    assert header[-2:] == ["score_std", "status"] and all(float(r[-2]) > 0 for r in lines)
     # --detect-faces photo: through the face pipeline, with TTA and a std too
     (face_photo,) = predict_files(detector, [lopsided_photo], detect_faces=True, progress=False,
                                   device="cpu", tta="hflip", mc_dropout=3)
@@ -352,7 +354,7 @@ def test_evaluate_and_predict_videos_record_tta_and_score_std(video_dirs, tmp_pa
     assert [r.faces for r in rows] == [2, 2] and all(r.score_std > 0 for r in rows)
     out = io.StringIO()
     write_predictions(rows, out)
-    assert out.getvalue().splitlines()[0].endswith(",score_std")
+    assert out.getvalue().splitlines()[0].endswith(",score_std,status")
     plain_rows = predict_videos(detector, [], folders, num_workers=0, device="cpu",
                                 progress=False)
     assert all(r.score_std is None for r in plain_rows)

@@ -23,7 +23,7 @@ from deepfake_detect.models.strategies import apply_strategy
 from deepfake_detect.models.timm_detector import INITIAL_LOG_VAR, LOG_VAR_LIMIT
 from deepfake_detect.training.losses import BinaryLoss, logits_like_head, marginal_fake_logit
 from deepfake_detect.training.module import DetectorModule
-from deepfake_detect.training.runner import train
+from deepfake_detect.training.train import train
 
 TINY = {"name": "timm", "timm_name": "test_resnet", "input_size": 32}
 ON = {"uncertainty": {"enabled": True}}
@@ -357,7 +357,7 @@ def test_evaluate_and_predict_report_the_variance(trained, tmp_path):
     files = [str(p) for p in sorted((data / "test").rglob("*.png"))[:2]]
     out = tmp_path / "p.csv"
     res = CliRunner().invoke(app, ["predict", "--checkpoint", str(result.run_dir / "model.safetensors"),
-                                   *files, "--out", str(out), "--workers", "0"])
+                                   *files, "--out", str(out), "--workers", "0", "--crops"])
     assert res.exit_code == 0, res.output
     with open(out, newline="") as fh:
         got = list(csv.DictReader(fh))

@@ -117,7 +117,7 @@ def quickstart(
 
     Needs no data and no download; takes a few minutes on a laptop CPU.
     """
-    from deepfake_detect.quickstart import run_quickstart
+    from deepfake_detect.demo.quickstart import run_quickstart
 
     run_quickstart(out, seed=seed)
 
@@ -168,7 +168,7 @@ def train(
     """
     from deepfake_detect.config import load_config
     from deepfake_detect.config.flags import flag_overrides
-    from deepfake_detect.training.runner import train as run_train
+    from deepfake_detect.training.train import train as run_train
 
     if config is None:
         if not (resume and out is not None):
@@ -234,7 +234,7 @@ def evaluate(
     checkpoint reads the images with its own input size and normalisation, and metrics.json
     lists every member's own metrics beside the ensemble's.
     """
-    from deepfake_detect.evaluation.runner import evaluate_checkpoint
+    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
     from deepfake_detect.runinfo import create_run_dir
 
     out_dir = out or create_run_dir("runs", "evaluate")
@@ -250,10 +250,12 @@ def evaluate(
 
 @app.command(
     epilog=_examples(
-        "deepfake-detect predict --checkpoint runs/x1/model.safetensors faces/ --out preds.csv",
+        "deepfake-detect predict --checkpoint runs/x1/model.safetensors photos/ --out preds.csv",
         "deepfake-detect predict --checkpoint best.ckpt clip.mp4 videos/ --aggregation confident --per-frame faces.csv",
-        "deepfake-detect predict --checkpoint best.ckpt photo.jpg --detect-faces --json preds.json",
-        "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth faces/",
+        "deepfake-detect predict --checkpoint best.ckpt group_photo.jpg --aggregation max --per-frame faces.csv",
+        "deepfake-detect predict --checkpoint best.ckpt photo.jpg --select largest --json preds.json",
+        "deepfake-detect predict --checkpoint runs/x1/model.safetensors --crops face_crops/ --out preds.csv",
+        "deepfake-detect predict -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --crops faces/",
         "deepfake-detect predict --checkpoint runs/f1/model.safetensors test/ --format submission --out submission.csv",
         "deepfake-detect predict --checkpoint runs/ds/model.safetensors --video-dir faces/clip_007 clip_008.mp4",
         "deepfake-detect predict --checkpoint best.ckpt faces/ --tta default --out preds.csv",
@@ -268,10 +270,22 @@ def predict(
     inputs: Annotated[
         list[Path] | None, typer.Argument(help="Face crops, photos, videos or folders of them.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="CSV file (filename,label,score,frames,faces,error).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="CSV file (filename,label,score,frames,faces,error[,score_std][,logit_var],status; "
+        "status: ok, no_face or error).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
     threshold: Threshold = None,
-    detect_faces: Annotated[bool, typer.Option(help="Detect and crop faces in photos too (videos always).")] = False,
+    crops: Annotated[bool, typer.Option(
+        "--crops", help="The images are face crops already: score them as they are, without "
+        "face detection (videos are always cut into faces).")] = False,
+    detect_faces: Annotated[bool | None, typer.Option(
+        "--detect-faces/--no-detect-faces",
+        help="Older spelling: --detect-faces is the default (faces found in every photo and "
+        "video), --no-detect-faces is --crops.")] = None,
+    select: Annotated[str, typer.Option(
+        help="Which faces of a photo or frame are scored: all (default), largest, or relative "
+        "(at least crop.min_relative_size of the largest). Their crop geometry is the "
+        "checkpoint's.")] = "all",
     aggregation: Annotated[str, typer.Option(help="Per-file score from face scores: mean, sbi, confident, max, median.")] = "mean",
     per_frame: Annotated[Path | None, typer.Option(help="Also write one row per scored face here (CSV).")] = None,
     batch_size: BatchSize = 64,
@@ -279,8 +293,8 @@ def predict(
     device: Device = "auto",
     config: ModelYaml = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="csv: filename,label,score,frames,faces,error; "
-                          "submission: exactly filename,label (base names, sorted).")
+        str, typer.Option("--format", help="csv: filename,label,score,frames,faces,error,...,"
+                          "status; submission: exactly filename,label (base names, sorted).")
     ] = "csv",
     fail_label: Annotated[
         int, typer.Option(min=0, max=1, help="submission: label of files that could not be scored.")
@@ -296,17 +310,22 @@ def predict(
     weights: Weights = None,
     force: Force = False,
 ) -> None:
-    """Score images and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
+    """Score photos and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
-    Videos (and photos with --detect-faces) are cut into faces with the settings the checkpoint
-    was trained with; a file without a face gets an error, not a score. With --format
-    submission a failed file still gets a row (--fail-label) and is listed on the console.
+    Every photo and video is cut into faces the way the checkpoint was trained (its crop
+    size, margin and alignment); every face found is scored (--select) and the file's score
+    is --aggregation over its faces and frames. A file without a face gets status no_face
+    and no score. Images that are face crops already are scored as they are with --crops.
+    With --format submission a file without a score still gets a row (--fail-label) and is
+    listed on the console.
     A video detector (dual_stream) scores each video (or --video-dir folder of frames) as the
     mean over evenly spaced clips; then `faces` counts the clips. Several --checkpoint options
     (or an ensemble .yaml) score as one ensemble; score_std is then the members' spread.
     """
     if output_format not in ("csv", "submission"):
         raise typer.BadParameter("--format must be csv or submission")
+    from deepfake_detect.inference.clip_scoring import is_sequence_detector
+    from deepfake_detect.inference.ensemble import Ensemble, load_model
     from deepfake_detect.inference.predict import (
         predict_files,
         predict_videos,
@@ -314,8 +333,6 @@ def predict(
         write_predictions,
         write_submission,
     )
-    from deepfake_detect.inference.clips import is_sequence_detector
-    from deepfake_detect.inference.ensemble import Ensemble, load_model
 
     if not inputs and not video_dir:
         raise typer.BadParameter("give files or folders to score (or --video-dir)")
@@ -343,7 +360,7 @@ def predict(
         rows = predict_files(
             detector, inputs, threshold=chosen, batch_size=batch_size, num_workers=workers,
             device=device, detect_faces=detect_faces, aggregation=aggregation, per_face=faces,
-            tta=tta, mc_dropout=mc_dropout,
+            tta=tta, mc_dropout=mc_dropout, crops=crops, select=select,
         )
     if output_format == "submission":
         failed_rows = write_submission(rows, out or sys.stdout, fail_label)
@@ -360,8 +377,11 @@ def predict(
         write_predictions(rows, out, json_out)
     if per_frame is not None:
         write_per_face(faces, per_frame)
-    failed = sum(1 for r in rows if r.error)
-    console.print(f"{len(rows) - failed} scored, {failed} failed" + (f" -> {out}" if out else ""))
+    no_face = sum(1 for r in rows if r.status == "no_face")
+    failed = sum(1 for r in rows if r.status == "error")
+    without = f", {no_face} without a face" if no_face else ""
+    console.print(f"{len(rows) - failed - no_face} scored{without}, {failed} failed"
+                  + (f" -> {out}" if out else ""))
 
 
 @app.command(
@@ -385,13 +405,13 @@ def export(
 
     claim_file(out, inputs=[checkpoint, *([config] if config else [])], force=force)
     detector = load_detector(checkpoint, config)
-    meta = dict(detector.checkpoint_meta)
+    meta = detector.checkpoint_meta
     if threshold is not None:
-        meta["threshold"] = float(threshold)
+        meta = meta.model_copy(update={"threshold": float(threshold)})
     path = export_safetensors(detector, out, meta)
     size = path.stat().st_size / 2**20
     console.print(f"wrote {path} ({size:.1f} MiB, detector {detector.config.name!r}, "
-                  f"threshold {meta['threshold']:.4g})")
+                  f"threshold {meta.threshold:.4g})")
 
 
 @app.command(
@@ -566,7 +586,7 @@ def augment_preview(
     independent draws of data.augment, de-normalised for display.
     """
     from deepfake_detect.config import load_config
-    from deepfake_detect.data.preview import augment_preview as run_preview
+    from deepfake_detect.training.preview import augment_preview as run_preview
     from deepfake_detect.outputs import claim_file
 
     cfg = load_config(config, overrides or [])
@@ -618,14 +638,14 @@ def calibrate(
                   batch_size=batch_size, num_workers=workers, device=device, config=config,
                   force=force)
     if len(checkpoint) > 1 or is_ensemble_file(checkpoint[0]):
-        from deepfake_detect.evaluation.ensemble_fit import calibrate_ensemble
+        from deepfake_detect.calibration.ensemble import calibrate_ensemble
 
         result = calibrate_ensemble(checkpoint, data, out, method=ensemble, weights=weights, **kwargs)
         title = f"ensemble ({result.method}) calibration"
     else:
         if ensemble is not None or weights is not None:
             raise typer.BadParameter("--ensemble / --weights need several --checkpoint options")
-        from deepfake_detect.evaluation.calibration import calibrate_checkpoint
+        from deepfake_detect.calibration.temperature import calibrate_checkpoint
 
         result = calibrate_checkpoint(checkpoint[0], data, out, **kwargs)
         title = "calibration"
@@ -641,7 +661,7 @@ def calibrate(
 
 
 def _print_metrics(results: dict) -> None:
-    from deepfake_detect.evaluation.runner import summary_rows
+    from deepfake_detect.evaluation.evaluate import summary_rows
 
     for name, metrics in results.items():
         table = Table(title=f"{name}", show_header=False)

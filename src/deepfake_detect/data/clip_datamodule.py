@@ -3,7 +3,7 @@
 Discovery, video cutting, the split (grouped by video, stratified by label: the seed's 85/15 is
 ``data.val_fraction: 0.15``), verification and the skipped-file counts are FaceDataModule's.
 Only the loaders differ: their items are clips of ``preprocessing["sequence"]`` (see
-:mod:`deepfake_detect.data.clips`), one random clip per training video per epoch and evenly
+:mod:`deepfake_detect.data.video_clips`), one random clip per training video per epoch and evenly
 spaced clips per video in evaluation, with ``batch["video"]`` indexing
 ``loader.dataset.videos`` so that clip scores can be averaged per video.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from deepfake_detect.data.clips import (
+from deepfake_detect.data.video_clips import (
     ClipDataset,
     ClipEpochSampler,
     VideoFrames,

@@ -29,7 +29,7 @@ from deepfake_detect.outputs import inside, safe_name
 if TYPE_CHECKING:
     from deepfake_detect.config.schema import PrepareConfig
     from deepfake_detect.data.faces.base import FaceDetector
-    from deepfake_detect.data.media import MediaItem
+    from deepfake_detect.data.media_inputs import MediaItem
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _refusal(root: Path, listed: list[FoundVideo]) -> str:
 def _media_item(video: FoundVideo) -> MediaItem:
     """The ``prepare`` item of a video; crops go to ``<cache>/[split/]<label>/<path in label
     folder>`` as ``deepfake-detect prepare`` would put them."""
-    from deepfake_detect.data.media import MediaItem
+    from deepfake_detect.data.media_inputs import MediaItem
 
     rel = video.path.relative_to(video.label_dir).with_suffix("").as_posix()
     if video.label_dir.name != label_name(video.label):
@@ -162,7 +162,7 @@ def _cut_videos(
 ) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Run the face pipeline on the videos of one dataset folder; their crops as samples, and
     the videos that gave none with the reason."""
-    from deepfake_detect.data.media import check_unique_videos
+    from deepfake_detect.data.media_inputs import check_unique_videos
     from deepfake_detect.data.prepare import prepare_items
 
     items = [_media_item(v) for v in listed]

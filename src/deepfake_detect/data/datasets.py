@@ -38,7 +38,7 @@ def collate_skipping(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the readable items; ``skipped`` lists ``(path, reason)`` of the others.
 
     Images stack along a new first axis: ``(B, 3, S, S)`` for images, ``(B, T, 3, S, S)`` for
-    clips (:class:`~deepfake_detect.data.clips.ClipDataset`), whose items also carry ``video``
+    clips (:class:`~deepfake_detect.data.video_clips.ClipDataset`), whose items also carry ``video``
     (the index of their video), collated to a long tensor like ``index``.
     When no item is readable, ``image`` is None and ``label``/``index`` are empty: a training
     or evaluation step must skip such a batch.

@@ -1,10 +1,12 @@
 """``prepare``: videos and photos -> face crops on disk plus a manifest the loader reads.
 
-Work is split per video (and per chunk of photos). Each unit streams its sampled frames, detects
-faces in batches, writes the crops, and finally records its manifest rows in a small part file
-under ``<out>/.parts``; that file is what marks the unit as finished. A rerun reuses finished units
-whose source and settings are unchanged and redoes the rest, so an interrupted run resumes where
-it stopped. Frames without a face and failed videos are rows of the manifest too, with a reason.
+Work is split per video (and per chunk of photos). Each unit streams its sampled frames through
+the face pipeline (:class:`~deepfake_detect.data.faces.pipeline.FacePipeline`: faces detected in
+batches, tracked and cut, as prediction on raw media does), writes the crops, and finally
+records its manifest rows in a small part file under ``<out>/.parts``; that file is what marks
+the unit as finished. A rerun reuses finished units whose source and settings are unchanged and
+redoes the rest, so an interrupted run resumes where it stopped. Frames without a face and
+failed videos are rows of the manifest too, with a reason.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from deepfake_detect import __version__
 from deepfake_detect.config.schema import PrepareConfig
-from deepfake_detect.data.faces.base import Face, FaceDetector, check_detect_config
+from deepfake_detect.data.faces.base import FaceDetector, check_detect_config
 from deepfake_detect.data.faces.cascade import build_face_finder
-from deepfake_detect.data.faces.crop import cut_faces, encode_crop, transform_points
-from deepfake_detect.data.faces.track import FaceTracker
-from deepfake_detect.data.images import load_rgb
+from deepfake_detect.data.faces.crop import encode_crop
+from deepfake_detect.data.faces.pipeline import (  # in_background: re-exported
+    FaceCut,
+    FacePipeline,
+    in_background,  # noqa: F401
+)
 from deepfake_detect.data.labels import label_name
-from deepfake_detect.data.media import MediaItem, find_media
+from deepfake_detect.data.media_inputs import MediaItem, find_media
 from deepfake_detect.data.pool import worker_pool
-from deepfake_detect.data.video import VideoError, read_frames
+from deepfake_detect.data.video import VideoError
 from deepfake_detect.errors import DataError, OutputError
 from deepfake_detect.outputs import RunLock, atomic_write, claim_folder, inside, safe_relpath
 
@@ -156,6 +159,7 @@ class UnitProcessor:
         self.config = config
         self.out = out
         self._detector = detector
+        self._pipeline: FacePipeline | None = None
         self.fingerprint = _fingerprint(config)
         self._journal = out / PARTS / "unit.pending"
 
@@ -209,135 +213,68 @@ class UnitProcessor:
 
     # -- videos
 
+    @property
+    def pipeline(self) -> FacePipeline:
+        if self._pipeline is None:
+            # the detector is built when the first frame is detected, not before
+            self._pipeline = FacePipeline(self.config, lambda: self.detector)
+        return self._pipeline
+
     def _video(self, item: MediaItem) -> UnitResult:
         try:
-            stream = read_frames(item.path, self.config.frames)
+            faces = self.pipeline.video(item.path)
         except VideoError as e:
             return UnitResult("", [_failure_row(item, e.reason, str(e))], {"failed": 1, "frames": 0})
-        rows: list[dict] = []
-        tracker = FaceTracker() if self.config.crop.select != "largest" else None
-        batch: list = []
-        for frame in in_background(stream, depth=self.config.detect.batch_size):
-            batch.append(frame)
-            if len(batch) >= self.config.detect.batch_size:
-                rows += self._frames(item, batch, tracker)
-                batch = []
-        if batch:
-            rows += self._frames(item, batch, tracker)
-        notes = list(stream.notes)
-        stats = {"frames": stream.read, "short": int(bool(stream.short)), "failed": 0}
-        if stream.read == 0:
-            reason = stream.error or "no frames could be decoded"
-            return UnitResult("", [_failure_row(item, "no_frames", reason)], {**stats, "failed": 1})
-        if stream.error:
-            notes.append(f"{item.path}: decoding stopped after {stream.read} frames: {stream.error}")
+        rows = [self._row_of(item, cut) for cut in faces]
+        notes = faces.notes
+        stats = {"frames": faces.frames, "short": int(faces.short), "failed": 0}
+        if faces.failure is not None:
+            status, reason = faces.failure
+            return UnitResult("", [_failure_row(item, status, reason)], {**stats, "failed": 1})
+        if faces.decode_error:
+            notes.append(f"decoding stopped after {faces.frames} frames: {faces.decode_error}")
             stats["decode_error"] = 1
-        return UnitResult("", rows, stats, [f"{item.path}: {n}" for n in notes] if notes else [])
-
-    def _frames(self, item: MediaItem, frames: list, tracker: FaceTracker | None) -> list[dict]:
-        found = self.detector.detect([f.image for f in frames])
-        rows = []
-        for frame, faces in zip(frames, found, strict=True):
-            rows += self._crops(item, frame.image, frame.index, frame.time, faces, tracker)
-        return rows
+        return UnitResult("", rows, stats, [f"{item.path}: {n}" for n in notes])
 
     # -- photos
 
     def _photos(self, items: list[MediaItem]) -> UnitResult:
+        failures: list[dict] = []  # first, as a unit's rows always listed them
         rows: list[dict] = []
-        images, kept = [], []
-        failed = 0
-        for item in items:
-            try:
-                images.append(np.asarray(load_rgb(item.path)))
-                kept.append(item)
-            except Exception as e:  # noqa: BLE001 - reported per file
-                rows.append(_failure_row(item, "unreadable", f"{item.path}: {e}"))
-                failed += 1
-        for start in range(0, len(images), self.config.detect.batch_size):
-            chunk = images[start : start + self.config.detect.batch_size]
-            found = self.detector.detect(chunk)
-            for item, image, faces in zip(kept[start:], chunk, found, strict=False):
-                tracker = FaceTracker() if self.config.crop.select != "largest" else None
-                rows += self._crops(item, image, 0, 0.0, faces, tracker)
-        return UnitResult("", rows, {"frames": len(kept), "failed": failed, "photos": len(items)})
+        photos = self.pipeline.photos(i.path for i in items)
+        for item, faces in zip(items, photos, strict=True):
+            if faces.failure is not None:
+                status, detail = faces.failure
+                failures.append(_failure_row(item, status, f"{item.path}: {detail}"))
+                continue
+            rows += [self._row_of(item, cut) for cut in faces]
+        return UnitResult("", failures + rows, {
+            "frames": len(items) - len(failures), "failed": len(failures), "photos": len(items),
+        })
 
     # -- crops
 
-    def _crops(
-        self,
-        item: MediaItem,
-        image: np.ndarray,
-        index: int,
-        when: float,
-        faces: list[Face],
-        tracker: FaceTracker | None,
-    ) -> list[dict]:
+    def _row_of(self, item: MediaItem, cut: FaceCut) -> dict:
+        """The manifest row of one cut, its crop written below the output folder first (and
+        listed in the unit's journal, so that a redo can remove it)."""
+        if not cut.ok:
+            return _row(item, cut.frame, cut.time, status="no_face", reason=cut.reason)
         crop = self.config.crop
-        cuts = cut_faces(image, faces, crop, tracker)
-        if not cuts:
-            reason = "no face detected" if not faces else "no face passed the selection"
-            return [_row(item, index, when, status="no_face", reason=reason)]
         folder = item_folder(item)
         inside(self.out, folder).mkdir(parents=True, exist_ok=True)
-        rows = []
-        for cut in cuts:
-            face = cut.face
-            name = f"{index:05d}" + ("" if cut.track is None else f"_{cut.track}")
-            rel = folder / f"{name}.{crop.format}"
-            target = inside(self.out, rel)
-            with open(self._journal, "a", encoding="utf-8") as journal:  # what a redo may remove
-                journal.write(rel.as_posix() + "\n")
-            target.write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
-            points = face.landmarks if face.landmarks is not None else face.keypoints
-            marks = transform_points(points, cut.matrix).round(1).tolist() if points is not None else []
-            rows.append(_row(
-                item, index, when, path=rel.as_posix(), face=cut.track or 0,
-                box=[round(float(v), 1) for v in face.box], landmarks=marks,
-                score=round(float(face.score), 4),
-            ))
-        return rows
-
-
-def in_background(frames: Iterable, depth: int) -> Iterator:
-    """Iterate ``frames`` in a thread, ``depth`` items ahead: PyAV decodes and torch detects
-    without holding the GIL, so decoding the next frames overlaps detection of these."""
-    import queue
-    import threading
-
-    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    failure: list[BaseException] = []
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer has gone
-
-    def produce() -> None:
-        try:
-            for item in frames:
-                if not put(item):
-                    return
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            failure.append(e)
-        put(done)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := buffer.get()) is not done:
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-    if failure:
-        raise failure[0]
+        name = f"{cut.frame:05d}" + ("" if cut.track is None else f"_{cut.track}")
+        rel = folder / f"{name}.{crop.format}"
+        target = inside(self.out, rel)
+        with open(self._journal, "a", encoding="utf-8") as journal:  # what a redo may remove
+            journal.write(rel.as_posix() + "\n")
+        target.write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
+        marks = cut.landmarks
+        return _row(
+            item, cut.frame, cut.time, path=rel.as_posix(), face=cut.track or 0,
+            box=[round(float(v), 1) for v in cut.box],
+            landmarks=[] if marks is None else marks.round(1).tolist(),
+            score=round(float(cut.face.score), 4),
+        )
 
 
 def _row(item: MediaItem, frame: int | str, when: float, **cells) -> dict:

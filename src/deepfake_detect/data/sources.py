@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -135,16 +135,19 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file"
 
 
-def walk_files(
+def walk_folders(
     root: str | Path, errors: list[tuple[Path, str]] | None = None
-) -> list[Path]:
-    """Every entry below the folder ``root`` that is not a folder, sorted: files, and symbolic
-    links that lead nowhere or loop (see :func:`file_problem`), so that callers can report them.
+) -> Iterator[tuple[Path, list[str]]]:
+    """``(folder, names)`` for ``root`` and every folder below it, top down, subfolders in name
+    order: ``names`` are the sorted names of the folder's entries that are not folders (files,
+    and symbolic links that lead nowhere or loop, see :func:`file_problem`).
 
-    Symlinked folders are followed, but each real folder is visited once, so that folder
-    links that loop end. Folders that cannot be listed go to ``errors`` as ``(folder, reason)``.
+    The one folder walk of datasets (:func:`scan`), ``prepare``'s media discovery and
+    ``predict``'s inputs. Symlinked folders are followed, but each real folder is visited once,
+    so that folder links that loop end; hidden folders (names starting with ".") are not
+    entered, and hidden names are the caller's to skip or count. Folders that cannot be
+    listed go to ``errors`` as ``(folder, reason)``.
     """
-    found: list[Path] = []
     visited: set[str] = set()
 
     def failed(e: OSError) -> None:
@@ -157,9 +160,39 @@ def walk_files(
             dirnames[:] = []
             continue
         visited.add(real)
-        here = Path(dirpath)
-        found.extend(here / name for name in filenames)
-    return sorted(found)
+        dirnames[:] = sorted(d for d in dirnames if _visible(Path(d)))
+        yield Path(dirpath), sorted(filenames)
+
+
+def walk_files(
+    root: str | Path, errors: list[tuple[Path, str]] | None = None
+) -> list[Path]:
+    """Every visible entry below the folder ``root`` that is not a folder, sorted: files, and
+    symbolic links that lead nowhere or loop (see :func:`file_problem`), so that callers can
+    report them. The walk is :func:`walk_folders`' (links followed, each real folder once,
+    hidden folders and files skipped)."""
+    return sorted(
+        here / name for here, names in walk_folders(root, errors) for name in names
+        if _visible(Path(name))
+    )
+
+
+def folder_marks(
+    parts: Sequence[str], default_label: int | None = None
+) -> tuple[int | None, str | None, list[str]]:
+    """The label and split that the folders ``parts`` (below an input root, outermost first)
+    give the files in them, at any depth, the innermost winning, and the other folder names
+    (part of a video id). Label folders by name (``real``, ``fake`` and their synonyms; not
+    the digit names, which are video or frame numbers in a tree), split folders likewise."""
+    label, split, kept = default_label, None, []
+    for part in parts:
+        if (lab := parse_label(part)) is not None and not part.isdigit():
+            label = lab
+        elif (spl := parse_split(part)) is not None:
+            split = spl
+        else:
+            kept.append(part)
+    return label, split, kept
 
 
 def video_from_stem(stem: str) -> str | None:
@@ -323,18 +356,9 @@ def _scan_label_folder(
     videos: bool = False,
 ) -> None:
     prefix = label_dir.relative_to(root).as_posix()
-    visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(label_dir, followlinks=True):
-        # symlinked folders may form loops; visit each real folder once
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
+    for here, filenames in walk_folders(label_dir):
         sub = here.relative_to(label_dir).as_posix()
-        for fname in sorted(filenames):
+        for fname in filenames:
             file = here / fname
             if videos and not fname.startswith(".") and _is_video_file(fname):
                 # a video file is always a video of its own, whatever its name looks like
@@ -355,72 +379,98 @@ def _scan_label_folder(
             out.samples.append(Sample(file, label, video, split, dataset, frame))
 
 
+@dataclass
+class CsvTable:
+    """A CSV manifest as read by :func:`read_csv_table`."""
+
+    path: Path
+    header: list[str]  # the first line's cells, as written
+    rows: list[tuple[int, list[str]]]  # (line number, cells) of every row that is not blank
+
+
+def read_csv_table(path: Path, needs: str = "path,label") -> CsvTable:
+    """The one reader of CSV manifests (datasets, ``prepare``'s inputs): UTF-8 (a byte-order
+    mark is fine), the first line the header; a DataError naming the file when it cannot be
+    read or parsed, or is empty (``needs``: the header it should have, for the message)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV manifest {path} is not UTF-8 text: {e}") from e
+    except csv.Error as e:
+        raise DataError(f"CSV manifest {path} cannot be parsed: {e}") from e
+    except OSError as e:
+        raise DataError(f"CSV manifest {path} cannot be read: {e.strerror or e}") from e
+    if header is None:
+        raise DataError(f"CSV manifest {path} is empty: it needs a header {needs}")
+    return CsvTable(path, header, rows)
+
+
+def listed_problem(path: Path, csv_path: Path, line: int) -> str | None:
+    """Why a file a CSV manifest lists cannot be read (see :func:`file_problem`), with where it
+    is listed; None when it is a readable file."""
+    problem = file_problem(path)
+    if problem is None:
+        return None
+    why = "file not found" if problem == NO_SUCH_FILE else problem
+    return f"{why} (listed in {csv_path} line {line})"
+
+
 def _scan_csv(csv_path: Path, dataset: str, out: Discovery) -> None:
     base = csv_path.parent
     samples: list[Sample] = []
     first_line: dict[Path, int] = {}
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"CSV manifest {csv_path} is empty: it needs a header path,label")
-            cols = [h.strip().lower() for h in header]
-            pending: list[list[str]] = []
-            folders = _folder_column(cols)
-            if folders is not None:
-                cols[folders] = "path"
-            elif _is_headerless_pair(header, base):
-                # "<folder>,<label>" from the first line: a training_pairs.csv without header
-                cols, pending, folders = ["path", "label"], [header], 0
-            missing_cols = [c for c in ("path", "label") if c not in cols]
-            if missing_cols:
+    table = read_csv_table(csv_path)
+    header = table.header
+    cols = [h.strip().lower() for h in header]
+    pending: list[tuple[int, list[str]]] = []
+    folders = _folder_column(cols)
+    if folders is not None:
+        cols[folders] = "path"
+    elif _is_headerless_pair(header, base):
+        # "<folder>,<label>" from the first line: a training_pairs.csv without header
+        cols, pending, folders = ["path", "label"], [(1, header)], 0
+    missing_cols = [c for c in ("path", "label") if c not in cols]
+    if missing_cols:
+        raise DataError(
+            f"CSV manifest {csv_path} has no {' or '.join(missing_cols)} column; its "
+            f"header is {','.join(header)!r}: the first line must name the columns, "
+            "e.g. path,label,video,split (video and split optional)"
+        )
+    idx = {c: cols.index(c) for c in _CSV_COLUMNS if c in cols}
+    status = idx.get("status")
+    for line, row in itertools.chain(pending, table.rows):
+        if status is not None and status < len(row) and row[status].strip() not in ("", "ok"):
+            # a prepare manifest records frames without a face too; they hold no image
+            reason = row[idx["reason"]] if "reason" in idx and idx["reason"] < len(row) else ""
+            out.no_crop.append((f"{csv_path} line {line}", reason or row[status].strip()))
+            continue
+        folder = _row_folder(row, idx, base, csv_path, line, folders is not None)
+        if folder is not None:
+            if folder in first_line:
                 raise DataError(
-                    f"CSV manifest {csv_path} has no {' or '.join(missing_cols)} column; its "
-                    f"header is {','.join(header)!r}: the first line must name the columns, "
-                    "e.g. path,label,video,split (video and split optional)"
+                    f"{csv_path} line {line}: folder {folder} is already listed on line "
+                    f"{first_line[folder]}: list each video once"
                 )
-            idx = {c: cols.index(c) for c in _CSV_COLUMNS if c in cols}
-            status = idx.get("status")
-            for row in itertools.chain(pending, reader):
-                line = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    continue
-                if status is not None and status < len(row) and row[status].strip() not in ("", "ok"):
-                    # a prepare manifest records frames without a face too; they hold no image
-                    reason = row[idx["reason"]] if "reason" in idx and idx["reason"] < len(row) else ""
-                    out.no_crop.append((f"{csv_path} line {line}", reason or row[status].strip()))
-                    continue
-                folder = _row_folder(row, idx, base, csv_path, line, folders is not None)
-                if folder is not None:
-                    if folder in first_line:
-                        raise DataError(
-                            f"{csv_path} line {line}: folder {folder} is already listed on line "
-                            f"{first_line[folder]}: list each video once"
-                        )
-                    first_line[folder] = line
-                    samples += _folder_rows(
-                        folder, row, idx, base, csv_path, line, dataset, out.missing
-                    )
-                    continue
-                sample = _csv_row(row, idx, base, csv_path, line, dataset)
-                if sample.path in first_line:
-                    raise DataError(
-                        f"{csv_path} line {line}: {sample.path} is already listed on line "
-                        f"{first_line[sample.path]}: list each image once"
-                    )
-                first_line[sample.path] = line
-                problem = file_problem(sample.path)
-                if problem is None:
-                    samples.append(sample)
-                else:
-                    why = "file not found" if problem == NO_SUCH_FILE else problem
-                    reason = f"{why} (listed in {csv_path} line {line})"
-                    out.missing.append((sample.path, reason))
-    except UnicodeDecodeError as e:
-        raise DataError(f"CSV manifest {csv_path} is not UTF-8 text: {e}") from e
-    except csv.Error as e:
-        raise DataError(f"CSV manifest {csv_path} cannot be parsed: {e}") from e
+            first_line[folder] = line
+            samples += _folder_rows(
+                folder, row, idx, base, csv_path, line, dataset, out.missing
+            )
+            continue
+        sample = _csv_row(row, idx, base, csv_path, line, dataset)
+        if sample.path in first_line:
+            raise DataError(
+                f"{csv_path} line {line}: {sample.path} is already listed on line "
+                f"{first_line[sample.path]}: list each image once"
+            )
+        first_line[sample.path] = line
+        problem = listed_problem(sample.path, csv_path, line)
+        if problem is None:
+            samples.append(sample)
+        else:
+            out.missing.append((sample.path, problem))
     if not samples:
         if out.no_crop and not first_line:
             raise DataError(
@@ -454,7 +504,7 @@ def _csv_row(
             f"{where}: {raw_path} is not an image file (extensions {exts}) nor a folder of "
             "frames; videos must be turned into face-crop images first"
         )
-    label, split = _label_and_split(cell, where)
+    label, split = row_label_and_split(cell, where)
     rel = PurePath(raw_path)
     path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
     key = cell("video") or _video_key(path, base)
@@ -464,10 +514,16 @@ def _csv_row(
     return Sample(path, label, video, split, dataset, frame)
 
 
-def _label_and_split(cell: Callable[[str], str], where: str) -> tuple[int, str | None]:
+def row_label_and_split(
+    cell: Callable[[str], str], where: str, required: bool = True, default: int | None = None
+) -> tuple[int | None, str | None]:
+    """The label and split cells of a manifest row (``cell(name)``: the stripped cell, "" when
+    absent), by the names of :mod:`~deepfake_detect.data.labels`. An empty label cell is an
+    error when ``required``, else ``default``; an unknown name is always an error, naming
+    ``where``; an empty split is None (assigned later)."""
     raw_label = cell("label")
-    label = parse_label(raw_label)
-    if label is None:
+    label = parse_label(raw_label) if raw_label or required else default
+    if label is None and (raw_label or required):
         raise DataError(
             f"{where}: label {raw_label!r} is not 0/1 or a known name ({accepted_names()})"
         )
@@ -492,7 +548,8 @@ def _folder_column(cols: list[str]) -> int | None:
     return None
 
 
-def _resolve(raw: str, base: Path) -> Path:
+def resolve_listed(raw: str, base: Path) -> Path:
+    """A path a manifest lists: relative paths are taken from the manifest's folder ``base``."""
     rel = PurePath(raw)
     return Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
 
@@ -503,7 +560,7 @@ def _is_headerless_pair(header: list[str], base: Path) -> bool:
         len(header) == 2
         and parse_label(header[1]) is not None
         and bool(header[0].strip())
-        and _resolve(header[0].strip(), base).is_dir()
+        and resolve_listed(header[0].strip(), base).is_dir()
     )
 
 
@@ -519,7 +576,7 @@ def _row_folder(
     raw = row[i].strip() if i < len(row) else ""
     if not raw or is_image_file(raw):
         return None
-    folder = _resolve(raw, base)
+    folder = resolve_listed(raw, base)
     if folder.is_dir():
         return folder
     if pairs or not PurePath(raw).suffix:
@@ -549,7 +606,7 @@ def _folder_rows(
         return row[i].strip() if i is not None and i < len(row) else ""
 
     where = f"{csv_path} line {line}"
-    label, split = _label_and_split(cell, where)
+    label, split = row_label_and_split(cell, where)
     images = []
     for p in sorted(folder.iterdir()):
         if not _visible(p) or not is_image_file(p.name) or p.is_dir():

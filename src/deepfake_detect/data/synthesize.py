@@ -1,7 +1,7 @@
 """``synthesize``: self-blended fakes (SBI) from real face crops, to train on real data only.
 
 Each real crop yields ``per_image`` fakes: an altered copy of the crop blended back into it
-through a randomly deformed, blurred mask over the face (:func:`~deepfake_detect.data.synthetic.
+through a randomly deformed, blurred mask over the face (:func:`~deepfake_detect.data.sbi.
 self_blend`). The face mask is the convex hull of the crop's landmarks (68 or 81 points, from a
 prepare manifest or a DeepfakeBench-style JSON); crops without landmarks are run through a face
 detector and get an ellipse over the detected face instead.
@@ -44,8 +44,8 @@ from deepfake_detect.data.images import load_rgb
 from deepfake_detect.data.labels import parse_label, parse_split
 from deepfake_detect.data.pool import worker_pool
 from deepfake_detect.data.samples import REAL
-from deepfake_detect.data.sources import is_image_file, video_from_stem
-from deepfake_detect.data.synthetic import self_blend
+from deepfake_detect.data.sources import is_image_file, video_from_stem, walk_folders
+from deepfake_detect.data.sbi import self_blend
 from deepfake_detect.errors import DataError
 from deepfake_detect.outputs import RunLock, atomic_target, claim_folder, inside, safe_relpath
 
@@ -237,12 +237,10 @@ def _from_folder(root: Path, skip: Path) -> list[_Real]:
     """Images below ``root``; split and label folders at its top are read as in datasets
     (``[split/]label/...``), and images under a label folder other than real are left out."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and os.path.abspath(here / d) != str(skip)
-        )
-        for name in sorted(filenames):
+    for here, names in walk_folders(root):  # the one folder walk (symlinked folders once)
+        if Path(os.path.abspath(here)).is_relative_to(skip):  # the output, inside an input
+            continue
+        for name in names:
             if name.startswith(".") or not is_image_file(name):
                 continue
             parts = list((here / name).relative_to(root).parts)

@@ -1,4 +1,6 @@
-"""Metrics, decision thresholds, video aggregation and plots for evaluation results.
+"""Metrics, reports and plots for evaluation results (video aggregation and the score -> label
+rule come from :mod:`deepfake_detect.inference`; choosing thresholds is fitting, in
+:mod:`deepfake_detect.calibration`).
 
 Plotting functions are imported on first use so that importing metrics does not load matplotlib.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deepfake_detect.evaluation.aggregation import (
+from deepfake_detect.inference.aggregation import (
     AGGREGATORS,
     aggregate_videos,
     register_aggregator,
@@ -24,7 +26,6 @@ from deepfake_detect.evaluation.metrics import (
     roc_auc,
     roc_curve,
 )
-from deepfake_detect.evaluation.thresholds import STRATEGIES, choose_threshold, threshold_candidates
 
 _PLOTS = (
     "plot_roc",
@@ -38,11 +39,9 @@ _PLOTS = (
 __all__ = [
     "AGGREGATORS",
     "DEFAULT_THRESHOLD",
-    "STRATEGIES",
     "aggregate_videos",
     "average_precision",
     "binary_metrics",
-    "choose_threshold",
     "confusion_matrix",
     "equal_error_rate",
     "metrics_to_json",
@@ -57,7 +56,6 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "save_evaluation_plots",
-    "threshold_candidates",
 ]
 
 

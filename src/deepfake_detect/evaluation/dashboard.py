@@ -89,7 +89,7 @@ def build_dashboard(
     confusion, reliability and strip titles carry the threshold, ECE and unit).
 
     ``videos`` is ``(video_labels, video_scores)``, the aggregated score of each video (e.g. from
-    :func:`~deepfake_detect.evaluation.aggregation.aggregate_videos`); the strip shows one dot
+    :func:`~deepfake_detect.inference.aggregation.aggregate_videos`); the strip shows one dot
     per video. Without it the strip shows the per-sample ``scores``. Panels that need both
     classes (ROC, PR) say so inside the panel instead of failing.
     """

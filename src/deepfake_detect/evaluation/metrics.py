@@ -12,25 +12,11 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.errors import DataError
+# Scores -> labels live with inference, which makes the decisions; metrics count them.
+from deepfake_detect.inference.decisions import DEFAULT_THRESHOLD, predict_labels, to_numpy
 
-# DeepfakeBench counts a sample as fake when its score is strictly above 0.5.
-DEFAULT_THRESHOLD = 0.5
 # Guo et al. (2017) report ECE with 15 equal-width bins; the same count keeps numbers comparable.
 ECE_BINS = 15
-
-
-def to_numpy(values: Any, name: str) -> np.ndarray:
-    """A 1-D numpy view of a list, numpy array or torch tensor (torch is not imported here)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.ndim == 0:
-        raise DataError(f"{name} must be a sequence of values, got a scalar")
-    if arr.ndim > 1:
-        if arr.size != arr.shape[0]:
-            raise DataError(f"{name} must be one-dimensional, got shape {arr.shape}")
-        arr = arr.reshape(-1)
-    return arr
 
 
 def check_inputs(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -68,15 +54,6 @@ def check_threshold(threshold: Any) -> float:
     if not 0.0 < value < 1.0:
         raise DataError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
     return value
-
-
-def predict_labels(scores: Any, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Hard labels: 1 (fake) where score > threshold, else 0 (real).
-
-    The strict '>' matches DeepfakeBench's ACC. Every place in the package that turns scores into
-    classes goes through this function so the convention cannot drift.
-    """
-    return (to_numpy(scores, "scores").astype(np.float64) > threshold).astype(np.int64)
 
 
 def _clf_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

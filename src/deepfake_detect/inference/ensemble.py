@@ -19,7 +19,7 @@ Methods (``EnsembleConfig.method``), with weights ``w`` normalised to sum 1:
 members, unweighted): how much the members disagree about an input.
 
 Weights are given (``--weights`` or the ensemble file) or fitted on validation data by
-``deepfake-detect calibrate`` (:func:`fit_weights`), which writes an ensemble file.
+``deepfake-detect calibrate`` (:func:`deepfake_detect.calibration.ensemble.fit_weights`), which writes an ensemble file.
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember
-from deepfake_detect.errors import ConfigError, DataError
+from deepfake_detect.errors import ConfigError
 from deepfake_detect.outputs import atomic_write
-from deepfake_detect.evaluation.metrics import predict_labels
+from deepfake_detect.inference.decisions import predict_labels
 from deepfake_detect.inference.scoring import Scores, score_files
 from deepfake_detect.inference.tta import TTASpec, parse_tta
+from deepfake_detect.models.checkpoint_meta import CheckpointMeta
 from deepfake_detect.models.detector import Detector
 
 ENSEMBLE_METHODS = ("soft", "hard", "logits")
@@ -230,7 +231,7 @@ class Ensemble:
         temperature: float = 1.0,
         calibration: dict[str, Any] | None = None,
     ) -> None:
-        from deepfake_detect.inference.clips import is_sequence_detector
+        from deepfake_detect.inference.clip_scoring import is_sequence_detector
 
         if method not in ENSEMBLE_METHODS:
             raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
@@ -260,8 +261,8 @@ class Ensemble:
         return self.members[0].detector
 
     @property
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return getattr(self.primary, "checkpoint_meta", {}) or {}
+    def checkpoint_meta(self) -> CheckpointMeta:
+        return self.primary.checkpoint_meta
 
     def config(self) -> EnsembleConfig:
         return EnsembleConfig(
@@ -383,54 +384,6 @@ def check_scoring_options(
     if mc_dropout:
         check_mc_dropout(model, mc_dropout)
     return spec
-
-
-def fit_weights(values: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, float]:
-    """Weights (summing to 1) and, for ``logits``, a temperature minimising the validation
-    negative log-likelihood of the ensemble score.
-
-    ``values``: (members, inputs) member values as :meth:`Ensemble.member_output` gives them
-    (P(fake) for soft, fake logits for logits). Hard voting has no likelihood to fit (its score
-    moves in steps), so its weights must be given.
-    """
-    if method == "hard":
-        raise ConfigError(
-            "hard voting weights can not be fitted (the vote share has no smooth likelihood); "
-            "give --weights, or fit with --ensemble soft or logits"
-        )
-    if method not in ENSEMBLE_METHODS:
-        raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
-    v = torch.as_tensor(np.asarray(values, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
-    if v.ndim != 2 or v.shape[1] != y.numel():
-        raise DataError(f"member values {tuple(v.shape)} do not match {y.numel()} labels")
-    if not (0 < float(y.sum()) < y.numel()):
-        raise DataError("fitting ensemble weights needs validation data with real and fake samples")
-    # softmax keeps the weights on the simplex; the log-temperature keeps T > 0. Starting from
-    # equal weights and T = 1, L-BFGS on this smooth, low-dimensional problem is deterministic.
-    a = torch.zeros(v.shape[0], dtype=torch.float64, requires_grad=True)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=method == "logits")
-    params = [a, log_t] if method == "logits" else [a]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-10,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def loss_fn() -> torch.Tensor:
-        w = torch.softmax(a, 0)[:, None]
-        if method == "soft":
-            p = (w * v).sum(0).clamp(_EPS, 1 - _EPS)
-            return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
-        z = (w * v).sum(0) / log_t.exp()
-        return torch.nn.functional.binary_cross_entropy_with_logits(z, y)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    weights = torch.softmax(a.detach(), 0).numpy()
-    return weights, float(log_t.detach().exp()) if method == "logits" else 1.0
 
 
 def load_ensemble(

@@ -1,8 +1,9 @@
 """Prediction on files and folders: one row per input, errors reported, never fatal.
 
-Face-crop images are scored as they are. Videos, and photos when face detection is asked for,
-go through the face pipeline (:mod:`deepfake_detect.inference.media`) and get one aggregated
-score per file.
+Videos and photos go through the face pipeline (:mod:`deepfake_detect.inference.media_scoring`):
+every face found is cut the way the checkpoint was trained and scored, and the file gets one
+aggregated score; a photo or video without a face gets status ``no_face`` and no score. Images
+declared to be face crops already (``crops=True``, ``--crops``) are scored as they are.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from deepfake_detect.data.media import MEDIA_EXTENSIONS
+from deepfake_detect.data.media_inputs import MEDIA_EXTENSIONS
 from deepfake_detect.data.sources import file_problem, is_image_file, walk_files
 from deepfake_detect.data.video import is_video_file
-from deepfake_detect.evaluation.metrics import predict_labels
+from deepfake_detect.inference.decisions import predict_labels
 from deepfake_detect.inference.scoring import check_loader_options, score_files
 from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
 from deepfake_detect.models.detector import Detector
@@ -39,6 +40,21 @@ class Prediction:
     faces: int = 0  # faces scored
     score_std: float | None = None  # with --mc-dropout: std of P(fake) over the passes
     logit_var: float | None = None  # with a variance head: predicted variance of the fake logit
+    status: str = ""  # ok (scored), no_face (no face found: no score) or error; "" = from the rest
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = row_status(self.score, self.error)
+
+
+STATUSES = ("ok", "no_face", "error")
+
+
+def row_status(score: float | None, error: str) -> str:
+    """``ok`` for a scored row, ``no_face`` when no face was found, else ``error``."""
+    if score is not None:
+        return "ok"
+    return "no_face" if error.startswith("no_face") else "error"
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Prediction]]:
@@ -46,7 +62,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Predi
 
     Every input found gets one of the two: folders are expanded (recursively, images and
     videos by extension, sorted; symlinked folders followed, each real folder once, so that
-    folder links that loop end), and every file found, or given, goes through
+    folder links that loop end; hidden files and folders skipped: the walk of datasets and
+    ``prepare``, :func:`~deepfake_detect.data.sources.walk_folders`), and every file found,
+    or given, goes through
     :func:`~deepfake_detect.data.sources.file_problem`: a broken symbolic link, a symbolic link
     loop or a missing path becomes an error row (no score) instead of being dropped.
     """
@@ -85,49 +103,67 @@ def predict_files(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
-    detect_faces: bool = False,
+    detect_faces: bool | None = None,
     aggregation: str = "mean",
     per_face: list | None = None,
     tta: TTASpec | str | None = None,
     mc_dropout: int = 0,
+    *,
+    crops: bool = False,
+    select: str | None = "all",
 ) -> list[Prediction]:
-    """Score every input; ``per_face`` (a list) receives per-face rows of media files.
+    """Score every input; ``per_face`` (a list) receives one row per scored face.
+
+    Photos and videos go through the face pipeline with the checkpoint's face settings (crop
+    geometry), scoring the faces ``select`` picks: ``all`` (default: a swapped face next to a
+    real one is never skipped), ``largest``, ``relative``, or None for the checkpoint's own
+    selection. The file score is ``aggregation`` over its faces (and frames). With ``crops``
+    image files are face crops already and are scored as they are (videos are always cut
+    into faces). ``detect_faces`` is the older spelling: True is the default, False is
+    ``crops=True``.
 
     ``tta`` / ``mc_dropout`` (see :func:`score_files`) apply to face-crop images and, through
-    :class:`MediaScorer`, to the face crops of videos and --detect-faces photos; with
-    ``mc_dropout`` every scored row gets ``score_std`` (for media files: the std over the passes
-    of the aggregated file score). A bad spec or a detector without dropout raises
+    :class:`MediaScorer`, to the face crops of videos and photos; with ``mc_dropout`` every
+    scored row gets ``score_std`` (for media files: the std over the passes of the aggregated
+    file score). A bad option, a bad spec or a detector without dropout raises
     :class:`ConfigError` before any file is read.
     """
     from deepfake_detect.errors import ConfigError
-    from deepfake_detect.evaluation.aggregation import AGGREGATORS
+    from deepfake_detect.inference.aggregation import AGGREGATORS
     from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
+    from deepfake_detect.inference.media_scoring import SELECTIONS
 
     # every option is checked before any file is read, even one only media files would use
     if aggregation not in AGGREGATORS:
         raise ConfigError(
             f"--aggregation {aggregation!r}: choose one of {', '.join(sorted(AGGREGATORS))}")
+    if detect_faces is not None:
+        if detect_faces and crops:
+            raise ConfigError("--detect-faces and --crops contradict each other: choose one")
+        crops = crops or not detect_faces
+    if select is not None and select not in SELECTIONS:
+        raise ConfigError(f"--select {select!r}: choose one of {', '.join(SELECTIONS)}")
     check_loader_options(batch_size, num_workers, device)
     tta = check_scoring_options(detector, tta, mc_dropout)
     ensemble = detector if isinstance(detector, Ensemble) else None
     files, rows = collect_inputs(inputs)
-    crops = [p for p in files if not is_video_file(p) and not detect_faces and is_image_file(p)]
-    crop_set = set(crops)
+    as_crops = [p for p in files if crops and not is_video_file(p) and is_image_file(p)]
+    crop_set = set(as_crops)
     media = [p for p in files if p not in crop_set]
     by_file: dict[Path, Prediction] = {}
-    if crops:
+    if as_crops:
         if ensemble is not None:
             result = ensemble.score_files(
-                crops, batch_size=batch_size, num_workers=num_workers, device=device,
+                as_crops, batch_size=batch_size, num_workers=num_workers, device=device,
                 progress=progress, description="predicting", tta=tta,
             )
         else:
             result = score_files(
-                detector, crops, batch_size=batch_size, num_workers=num_workers, device=device,
+                detector, as_crops, batch_size=batch_size, num_workers=num_workers, device=device,
                 progress=progress, description="predicting", tta=tta, mc_dropout=mc_dropout,
             )
         labels = predict_labels(result.scores, threshold)
-        for i, path in enumerate(crops):
+        for i, path in enumerate(as_crops):
             if i in result.errors:
                 by_file[path] = Prediction(str(path), None, None, result.errors[i])
             else:
@@ -136,10 +172,10 @@ def predict_files(
                 by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "",
                                            1, 1, std, var)
     if media:
-        from deepfake_detect.inference.media import MediaScorer, score_media
+        from deepfake_detect.inference.media_scoring import MediaScorer, score_media
 
         scorer = MediaScorer(detector, aggregation=aggregation, batch_size=batch_size,
-                             device=device, tta=tta, mc_dropout=mc_dropout)
+                             device=device, tta=tta, mc_dropout=mc_dropout, select=select)
         for res in score_media(scorer, media, progress=progress):
             label = None if res.score is None else int(predict_labels([res.score], threshold)[0])
             by_file[Path(res.filename)] = Prediction(
@@ -167,16 +203,16 @@ def predict_videos(
     crops of one video; video files in ``inputs`` are cut into faces first, the way the
     checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips.
 
-    ``tta`` / ``mc_dropout``: see :func:`~deepfake_detect.inference.clips.score_videos`; with
+    ``tta`` / ``mc_dropout``: see :func:`~deepfake_detect.inference.clip_scoring.score_videos`; with
     ``mc_dropout`` each scored row gets ``score_std``. A bad spec or a detector without
     dropout raises :class:`ConfigError` before any video is read."""
     import tempfile
 
-    from deepfake_detect.data.clips import frames_folder_samples
     from deepfake_detect.data.prepare import prepare
+    from deepfake_detect.data.video_clips import frames_folder_samples
     from deepfake_detect.errors import DeepfakeDetectError
-    from deepfake_detect.inference.clips import score_videos
-    from deepfake_detect.inference.media import prepare_settings
+    from deepfake_detect.inference.clip_scoring import score_videos
+    from deepfake_detect.inference.media_scoring import prepare_settings
 
     check_loader_options(batch_size, num_workers, device)
     tta = parse_tta(tta)
@@ -236,8 +272,10 @@ _COLUMNS = ["filename", "label", "score", "frames", "faces", "error"]
 
 
 # Optional columns, written only when some row has a value, so the default columns stay as
-# they are: score_std (MC dropout, ensembles) and logit_var (a variance head).
+# they are: score_std (MC dropout, ensembles) and logit_var (a variance head). ``status`` comes
+# last of all, after them, so that every earlier column keeps its place.
 _OPTIONAL = ("score_std", "logit_var")
+_LAST = "status"
 
 
 def _optional_columns(rows: Sequence[Prediction]) -> list[str]:
@@ -247,7 +285,7 @@ def _optional_columns(rows: Sequence[Prediction]) -> list[str]:
 def _write_csv(rows: Sequence[Prediction], fh: TextIO) -> None:
     extra = _optional_columns(rows)
     writer = csv.writer(fh)
-    writer.writerow(_COLUMNS + extra)
+    writer.writerow([*_COLUMNS, *extra, _LAST])
     for r in rows:
         score = "" if r.score is None else f"{r.score:.6f}"
         label = "" if r.label is None else r.label
@@ -255,7 +293,7 @@ def _write_csv(rows: Sequence[Prediction], fh: TextIO) -> None:
         for c in extra:
             value = getattr(r, c)
             row.append("" if value is None else f"{value:.6g}" if c == "logit_var" else f"{value:.6f}")
-        writer.writerow(row)
+        writer.writerow([*row, r.status])
 
 
 def _as_json(rows: Sequence[Prediction]) -> list[dict]:
@@ -267,8 +305,8 @@ def write_predictions(
     rows: Sequence[Prediction], csv_out: Path | TextIO | None, json_path: Path | None = None
 ) -> None:
     """CSV ``filename,label,score,frames,faces,error`` (``,score_std`` / ``,logit_var`` when
-    any row has one: Monte-Carlo dropout or an ensemble / a variance head) to a file or
-    stream, optionally JSON."""
+    any row has one: Monte-Carlo dropout or an ensemble / a variance head), then ``,status``
+    (ok, no_face or error), to a file or stream, optionally JSON (the same keys per row)."""
     if isinstance(csv_out, Path):
         with atomic_open(csv_out) as fh:
             _write_csv(rows, fh)

@@ -143,6 +143,7 @@ def score_files(
     un-augmented input, and averaging it over views or dropout masks would mix it with the
     spread those already measure (``Scores.std``).
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     samples = [
@@ -172,7 +173,8 @@ def score_files(
     if mc_dropout:
         check_mc_dropout(detector, mc_dropout)  # before any file is read
     path_index = {str(s.path): i for i, s in enumerate(samples)}
-    with Progress(disable=not progress, transient=True) as bar:
+    # on stderr: predict may be writing its CSV to stdout
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(samples))
         for batch in loader:
             for path, reason in batch["skipped"]:

@@ -8,7 +8,10 @@ from deepfake_detect.models.checkpoint import (
 )
 from deepfake_detect.models.detector import Detector, FreezeConfig, ModelConfig
 from deepfake_detect.models.registry import (
+    ENTRY_POINT_GROUP,
+    DetectorCard,
     build_detector,
+    get_entry,
     list_detectors,
     register_detector,
     validate_model_config,
@@ -20,13 +23,16 @@ from deepfake_detect.models.weights import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Detector",
+    "DetectorCard",
     "FreezeConfig",
     "ModelConfig",
     "allow_safe_globals",
     "build_detector",
     "checkpoint_meta",
     "export_safetensors",
+    "get_entry",
     "list_detectors",
     "load_checkpoint",
     "load_detector",

@@ -22,6 +22,7 @@ import torch
 
 from deepfake_detect import __version__
 from deepfake_detect.errors import CheckpointError, DeepfakeDetectError
+from deepfake_detect.models.checkpoint_meta import CLASS_NAMES, FORMAT_VERSION, CheckpointMeta
 from deepfake_detect.outputs import atomic_target
 from deepfake_detect.models.detector import Detector
 from deepfake_detect.models.weights import (
@@ -34,9 +35,7 @@ from deepfake_detect.models.weights import (
     unwrap_state_dict,
 )
 
-FORMAT_VERSION = 1
 META_KEY = "deepfake_detect"
-CLASS_NAMES = ["real", "fake"]  # label 0, label 1 (as in deepfake_detect.data.samples)
 
 
 def checkpoint_meta(
@@ -45,7 +44,8 @@ def checkpoint_meta(
     experiment: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The meta stored with a checkpoint; ``extra`` adds plain-data keys (e.g. metrics)."""
+    """The meta to store with a checkpoint, as plain data (``extra`` adds keys, e.g. metrics);
+    it is typed (:class:`CheckpointMeta`) and validated whenever a checkpoint is read."""
     from deepfake_detect.runinfo import git_commit
 
     meta = {
@@ -67,8 +67,10 @@ def checkpoint_meta(
     return meta
 
 
-def export_safetensors(detector: Detector, path: str | Path, meta: Mapping[str, Any]) -> Path:
+def export_safetensors(detector: Detector, path: str | Path,
+                       meta: CheckpointMeta | Mapping[str, Any]) -> Path:
     """Write the detector's weights and ``meta`` as a standalone ``.safetensors`` file."""
+    stored = meta.to_json() if isinstance(meta, CheckpointMeta) else dict(meta)
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -84,7 +86,7 @@ def export_safetensors(detector: Detector, path: str | Path, meta: Mapping[str, 
     # Through a temporary file: a kill never leaves half a checkpoint, and the file gets the
     # umask's mode (safetensors itself would create it 0600).
     with atomic_target(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(dict(meta), default=str)})
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(stored, default=str)})
     return path
 
 
@@ -103,7 +105,7 @@ def check_checkpoint_file(path: str | Path) -> str:
     return sniff_weights_file(path, ACCEPTED_CHECKPOINTS, missing="checkpoint not found")
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_checkpoint(path: str | Path) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
     """The meta and the detector state dict of a checkpoint in either format."""
     path = Path(path)
     kind = check_checkpoint_file(path)
@@ -133,15 +135,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             raise _not_ours(path)
         meta = obj[META_KEY]
         state_dict = select_lightning_model(unwrap_state_dict(obj, path))
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("model"), Mapping):
-        raise CheckpointError(f"{path}: the '{META_KEY}' metadata has no model config")
-    fmt = meta.get("format", FORMAT_VERSION)
-    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {fmt} was written by a newer deepfake-detect "
-            f"({meta.get('version', '?')}); this is {__version__}, please upgrade"
-        )
-    return dict(meta), state_dict
+    return CheckpointMeta.read(meta, str(path)), state_dict
 
 
 def load_checkpoint(
@@ -159,13 +153,13 @@ def load_checkpoint(
     path = Path(path)
     meta, state_dict = read_checkpoint(path)
     # Weights come from the checkpoint: the backbone initialisation must not read or download.
-    model_cfg = {**meta["model"], "pretrained": None, "weights": None, "allow_download": False}
+    model_cfg = {**meta.model, "pretrained": None, "weights": None, "allow_download": False}
     before_load = None
-    if meta.get("lora"):
+    if meta.lora:
         from deepfake_detect.config.schema import LoraSettings
         from deepfake_detect.models.strategies import apply_lora
 
-        lora = LoraSettings.model_validate(meta["lora"])
+        lora = LoraSettings.model_validate(meta.lora)
         before_load = lambda detector: apply_lora(detector, lora)  # noqa: E731
     try:
         cfg = validate_model_config(model_cfg, source=str(path))
@@ -175,7 +169,7 @@ def load_checkpoint(
     except DeepfakeDetectError as exc:
         raise CheckpointError(
             f"{path}: cannot rebuild the detector stored in this checkpoint "
-            f"(saved by deepfake-detect {meta.get('version', '?')}): {exc}"
+            f"(saved by deepfake-detect {meta.version}): {exc}"
         ) from None
     if inference:
         from deepfake_detect.models.strategies import merge_lora
@@ -184,36 +178,18 @@ def load_checkpoint(
         detector = detector.for_inference()
         # The meta describes the detector as it is now (e.g. merged), so that an export of it
         # rebuilds the same structure.
-        meta = {k: v for k, v in meta.items() if k != "lora"}
-        meta["model"] = detector.config.model_dump(mode="json")
+        meta = meta.model_copy(update={"lora": None,
+                                       "model": detector.config.model_dump(mode="json")})
     return _ready(detector, meta, map_location, path)
 
 
-def _ready(detector: Detector, meta: dict[str, Any], map_location: str | torch.device,
+def _ready(detector: Detector, meta: CheckpointMeta, map_location: str | torch.device,
            source: str | Path | None = None) -> Detector:
-    detector.threshold = float(meta.get("threshold", 0.5))
-    detector.temperature = _temperature(meta, source)
+    detector.threshold = meta.threshold
+    detector.temperature = meta.temperature
     detector.checkpoint_meta = meta
     detector.to(map_location)
     return detector.eval()
-
-
-def _temperature(meta: Mapping[str, Any], source: str | Path | None = None) -> float:
-    """The stored temperature; 1.0 (no scaling) for checkpoints written before calibration."""
-    import math
-
-    raw = meta.get("temperature", 1.0)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        where = f"{source}: " if source is not None else ""
-        raise CheckpointError(
-            f"{where}checkpoint meta 'temperature' must be a positive number, got {raw!r}; "
-            "rerun deepfake-detect calibrate or export the checkpoint again"
-        )
-    return value
 
 
 def load_detector(
@@ -249,4 +225,4 @@ def load_detector(
     model_cfg.update({"pretrained": None, "weights": None, "allow_download": False})
     detector = build_detector(model_cfg, weights=Path(path)).for_inference()
     meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
-    return _ready(detector, meta, map_location, path)
+    return _ready(detector, CheckpointMeta.read(meta, str(path)), map_location, path)

@@ -28,7 +28,7 @@ from deepfake_detect.config.schema import Strict
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.models.convlstm import ConvLSTM
 from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
-from deepfake_detect.models.registry import register_detector, weights_follow
+from deepfake_detect.models.registry import DetectorCard, register_detector
 from deepfake_detect.models.timm_detector import _check_timm_name, download_failed
 from deepfake_detect.models.weights import load_backbone_weights
 
@@ -66,6 +66,10 @@ class SequenceSettings(Strict):
 
 
 class DualStreamConfig(ModelConfig):
+    """Video clips of face crops; `input_size` equals `hq.size`; backbone weights per stream
+    (`hq.pretrained`, `lq.pretrained`) instead of `pretrained`; default `num_classes` 1: one
+    fake logit for BCE."""
+
     num_classes: int = Field(1, ge=1, le=2, description="1: one fake logit (BCE); 2: softmax")
     hq: HQStream = Field(
         default_factory=HQStream, description="high-quality stream: the input crops as they are"
@@ -268,12 +272,17 @@ class DualStreamDetector(Detector):
     1x1 convolutions), ``temporal`` (``{"hq", "lq"}`` :class:`ConvLSTM`), ``fusion`` and ``head``
     (the classifier). Everything outside ``backbone`` is new and counts as head
     (:meth:`head_parameter_names`), for the head learning rate and the feature_extractor strategy.
+    ``weights_follow``: whole-detector weights are loaded right after building, so the stream
+    backbones' ``pretrained`` files are not read and nothing is downloaded.
     """
 
     config: DualStreamConfig
 
-    def __init__(self, config: DualStreamConfig) -> None:
-        backbones = {key: _create_backbone(key, getattr(config, key), config) for key in STREAMS}
+    def __init__(self, config: DualStreamConfig, *, weights_follow: bool = False) -> None:
+        backbones = {
+            key: _create_backbone(key, getattr(config, key), config, weights_follow)
+            for key in STREAMS
+        }
         pcfg = getattr(backbones["hq"], "pretrained_cfg", None) or {}
         mean, std = pcfg.get("mean") or IMAGENET_MEAN, pcfg.get("std") or IMAGENET_STD
         super().__init__(config, config.hq.size, mean, std)
@@ -297,7 +306,7 @@ class DualStreamDetector(Detector):
         )
 
         self.pretrained_report: dict[str, Any] | None = None
-        if not weights_follow():
+        if not weights_follow:
             reports = {key: self._load_pretrained(key) for key in STREAMS
                        if getattr(config, key).pretrained is not None}
             self.pretrained_report = reports or None
@@ -370,10 +379,12 @@ class DualStreamDetector(Detector):
         return self.head(self.fusion(*self.stream_features(x)))
 
 
-def _create_backbone(key: str, settings: StreamSettings, config: DualStreamConfig) -> nn.Module:
+def _create_backbone(
+    key: str, settings: StreamSettings, config: DualStreamConfig, weights_follow: bool
+) -> nn.Module:
     _check_timm_name(settings.timm_name, key=f"model.{key}.timm_name")
     # Never reaches the network unless allowed and no local file or detector weights follow.
-    download = bool(config.allow_download and settings.pretrained is None and not weights_follow())
+    download = bool(config.allow_download and settings.pretrained is None and not weights_follow)
     try:
         return timm.create_model(
             settings.timm_name, pretrained=download, num_classes=0, global_pool=""
@@ -422,4 +433,12 @@ register_detector(
     defaults={},
     description="video clips (B, T, 3, H, W): EfficientNet-B4 224 px + B0 112 px streams, "
     "ConvLSTM each, attention fusion, 1 logit",
+    card=DetectorCard(
+        architecture="EfficientNet-B4 (224 px) + EfficientNet-B0 (112 px) per frame, ConvLSTM per "
+        "stream, attention fusion, MLP to 1 logit; input clips (B, T, 3, 224, 224)",
+        input="224",
+        normalisation="ImageNet",
+        weights="timm ImageNet weights of each backbone, saved locally (as above), as "
+        "`model.hq.pretrained` / `model.lq.pretrained`",
+    ),
 )(DualStreamDetector)

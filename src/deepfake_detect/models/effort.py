@@ -38,7 +38,7 @@ from deepfake_detect.models.backbones.clip import (
     load_clip_weights,
 )
 from deepfake_detect.models.detector import Detector, ModelConfig
-from deepfake_detect.models.registry import register_detector, weights_follow
+from deepfake_detect.models.registry import DetectorCard, register_detector
 
 ATTENTION_PROJECTIONS = "encoder.layers.*.self_attn.*_proj"
 MLP_LAYERS = "encoder.layers.*.mlp.fc*"
@@ -71,6 +71,10 @@ class SVDAdapterSettings(Strict):
 
 
 class EffortConfig(ModelConfig):
+    """`pretrained`: a local HF snapshot folder or weights file of plain CLIP (the SVD split is
+    computed from it); `input_size` must equal `clip.image_size`; `strip_prefix` and
+    `allow_download` do not apply."""
+
     clip: ClipSettings = Field(default_factory=ClipSettings)
     adapter: SVDAdapterSettings = Field(default_factory=SVDAdapterSettings)
     attn_implementation: AttnImplementation = Field(
@@ -94,11 +98,16 @@ def _svd_device(setting: str) -> torch.device:
 
 
 class EffortDetector(Detector):
-    """CLIP vision tower with SVD residual layers -> pooler output -> ``Linear(hidden, classes)``."""
+    """CLIP vision tower with SVD residual layers -> pooler output -> ``Linear(hidden, classes)``.
+
+    ``weights_follow``: whole-detector weights are loaded right after building, so nothing is
+    initialised, ``model.pretrained`` is not read and no SVD is computed (the weights hold the
+    factors).
+    """
 
     config: EffortConfig
 
-    def __init__(self, config: EffortConfig) -> None:
+    def __init__(self, config: EffortConfig, *, weights_follow: bool = False) -> None:
         clip = config.clip
         super().__init__(config, clip.image_size, CLIP_MEAN, CLIP_STD)
         if self.input_size != clip.image_size:
@@ -107,7 +116,7 @@ class EffortDetector(Detector):
                 f"{clip.image_size}; the position embeddings are sized for the latter: set "
                 "model.clip.image_size instead"
             )
-        loaded_next = weights_follow()
+        loaded_next = weights_follow
         from_plain = config.pretrained is not None and not loaded_next
         self.backbone = build_clip_vision(
             clip.hf_config(config.attn_implementation), initialise=not (loaded_next or from_plain)
@@ -223,4 +232,15 @@ register_detector(
     "effort",
     config=EffortConfig,
     description="Effort: CLIP ViT-L/14 (HF transformers) with SVD residual attention, 224 px",
+    card=DetectorCard(
+        architecture="CLIP ViT-L/14 (HF transformers `CLIPVisionModel`) + SVD residual "
+        "attention, `Linear(1024, 2)`",
+        input="224",
+        normalisation="CLIP mean/std",
+        weights="official Effort checkpoint (`effort_clip_L14_trainOn_FaceForensic.pth`, linked "
+        "from the Effort GitHub repository, YZY-stack/Effort-AIGI-Detection) as `model.weights`; "
+        "or plain CLIP: a local HF snapshot of `openai/clip-vit-large-patch14` (e.g. "
+        "`huggingface-cli download openai/clip-vit-large-patch14 --local-dir clip-l14`) as "
+        "`model.pretrained`",
+    ),
 )(EffortDetector)

@@ -19,7 +19,7 @@ from torch import nn
 
 from deepfake_detect.config.schema import Strict
 from deepfake_detect.errors import CheckpointError
-from deepfake_detect.models.registry import register_detector
+from deepfake_detect.models.registry import DetectorCard, register_detector
 from deepfake_detect.models.timm_detector import TimmDetector, TimmDetectorConfig
 from deepfake_detect.models.weights import (
     compare_state_dict,
@@ -45,6 +45,10 @@ class VitSettings(Strict):
 
 
 class FSFMConfig(TimmDetectorConfig):
+    """FSFM's ViT encoder (`vit` sets its size); `pretrained`: an FSFM encoder checkpoint; mean
+    and std default to `pretrain_ds_mean_std.txt` beside `pretrained` or `weights`, else
+    VGGFace2's."""
+
     vit: VitSettings = Field(default_factory=VitSettings)
 
 
@@ -73,7 +77,7 @@ class FSFMDetector(TimmDetector):
 
     config: FSFMConfig
 
-    def __init__(self, config: FSFMConfig) -> None:
+    def __init__(self, config: FSFMConfig, *, weights_follow: bool = False) -> None:
         if config.mean is None or config.std is None:
             # Resolved into the config, so this tool's checkpoints keep the statistics.
             mean, std = read_mean_std(config.pretrained or config.weights)
@@ -86,7 +90,7 @@ class FSFMDetector(TimmDetector):
             **config.backbone_kwargs,
         }
         super().__init__(config.model_copy(update={"backbone_kwargs": kwargs}),
-                         default_name="vit_base_patch16_224")
+                         default_name="vit_base_patch16_224", weights_follow=weights_follow)
         self.config = config
 
     def load_pretrained(self, path) -> dict[str, Any]:
@@ -139,4 +143,15 @@ register_detector(
     config=FSFMConfig,
     defaults={"fake_index": 0},
     description="FSFM: face foundation ViT-B/16, avg pooling + fc_norm, index 0 = fake (official)",
+    card=DetectorCard(
+        architecture="timm ViT-B/16, global average pooling + `fc_norm` (the FSFM fine-tuning "
+        "form); `model.vit` sets the size",
+        input="224",
+        normalisation="`pretrain_ds_mean_std.txt` beside the checkpoint, else VGGFace2 mean/std",
+        weights="FSFM's released checkpoints (FSFM GitHub repository, wolo-wolo/FSFM-CVPR25): a "
+        "pretrained encoder as `model.pretrained` (pretraining-only keys dropped, `pos_embed` "
+        "resized to `model.input_size`, fresh `fc_norm` and head), or a fine-tuned `{model, "
+        "optimizer, epoch, scaler, args}` file as `model.weights` / `--checkpoint` with `-c "
+        "configs/fsfm.yaml`. Index 0 = fake, as released (`model.fake_index`)",
+    ),
 )(FSFMDetector)

@@ -22,6 +22,7 @@ from torch import nn
 from deepfake_detect.config.schema import LoraSettings, StrategyConfig
 from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.outputs import atomic_target, atomic_write, follow_umask
+from deepfake_detect.models.checkpoint_meta import CheckpointMeta
 from deepfake_detect.models.detector import Detector, _example_prefixes
 
 ADAPTER_META = "deepfake_detect.json"
@@ -168,7 +169,7 @@ def lora_meta(detector: nn.Module) -> dict[str, Any] | None:
     return settings.model_dump(mode="json") if settings is not None else None
 
 
-def save_adapter(detector: Detector, folder: str | Path, meta: dict[str, Any]) -> Path:
+def save_adapter(detector: Detector, folder: str | Path, meta: CheckpointMeta) -> Path:
     """The adapters alone, in peft's folder format, plus the head and this tool's meta.
 
     The folder loads with :func:`load_adapter` (or peft's ``PeftModel.from_pretrained`` on the
@@ -186,7 +187,7 @@ def save_adapter(detector: Detector, folder: str | Path, meta: dict[str, Any]) -
     }
     with atomic_target(folder / HEAD_FILE) as tmp:
         save_file(head, str(tmp))
-    atomic_write(folder / ADAPTER_META, json.dumps(meta, indent=2, default=str))
+    atomic_write(folder / ADAPTER_META, json.dumps(meta.to_json(), indent=2, default=str))
     for written in folder.iterdir():  # peft's own files too
         if written.is_file():
             follow_umask(written)
@@ -247,6 +248,7 @@ def load_adapter(
         )
     if merge:
         merge_lora(detector)
-    detector.threshold = float(meta.get("threshold", 0.5))
-    detector.checkpoint_meta = {**meta, "model": detector.config.model_dump(mode="json")}
+    typed = CheckpointMeta.read(meta, str(folder / ADAPTER_META))
+    detector.threshold = typed.threshold
+    detector.checkpoint_meta = typed.model_copy(update={"model": detector.config.model_dump(mode="json")})
     return detector.eval()

@@ -17,7 +17,6 @@ from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models.attention import CBAM, SqueezeExcite
 from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
 from deepfake_detect.models.heads import HeadConfig, build_head
-from deepfake_detect.models.registry import weights_follow
 from deepfake_detect.models.weights import load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,9 @@ class UncertaintyConfig(Strict):
 
 
 class TimmDetectorConfig(ModelConfig):
+    """A timm backbone (`timm_name` overrides the detector's architecture), optional attention
+    on its last CNN feature map, and a classifier head."""
+
     timm_name: str | None = Field(
         None, description="timm architecture overriding the detector's default, e.g. resnet50"
     )
@@ -92,6 +94,8 @@ class TimmDetectorConfig(ModelConfig):
 
 
 class TimmAnyConfig(TimmDetectorConfig):
+    """Any timm architecture: `timm_name` is required."""
+
     timm_name: str = Field(..., description="any timm architecture name, e.g. convnext_tiny")
 
 
@@ -137,11 +141,19 @@ class TimmDetector(Detector):
     With ``model.uncertainty.enabled`` a second head on the same pooled features,
     ``variance_head``, predicts the log-variance of the fake logit (see
     :meth:`classify_with_variance`); ``forward`` still returns the logits alone.
+    ``weights_follow``: whole-detector weights are loaded right after building, so
+    ``model.pretrained`` is not read and nothing is downloaded.
     """
 
     config: TimmDetectorConfig
 
-    def __init__(self, config: TimmDetectorConfig, default_name: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TimmDetectorConfig,
+        default_name: str | None = None,
+        *,
+        weights_follow: bool = False,
+    ) -> None:
         name = config.timm_name or default_name
         if not name:
             raise ConfigError(f"model.timm_name is required for detector {config.name!r}")
@@ -150,7 +162,7 @@ class TimmDetector(Detector):
         fixed = _fixed_input_size(name)
         if fixed and config.input_size and "img_size" not in kwargs:
             kwargs["img_size"] = config.input_size
-        backbone = self._create_backbone(name, config, kwargs)
+        backbone = self._create_backbone(name, config, kwargs, weights_follow)
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
         super().__init__(
             config,
@@ -166,7 +178,7 @@ class TimmDetector(Detector):
         self.variance_head = self._build_variance_head() if config.uncertainty.enabled else None
         self.variance_samples = config.uncertainty.samples
         self.pretrained_report: dict[str, Any] | None = None
-        if config.pretrained is not None and not weights_follow():
+        if config.pretrained is not None and not weights_follow:
             self.pretrained_report = self.load_pretrained(config.pretrained)
         if config.grad_checkpointing:
             try:
@@ -191,10 +203,11 @@ class TimmDetector(Detector):
 
     @staticmethod
     def _create_backbone(
-        name: str, config: TimmDetectorConfig, kwargs: dict[str, Any]
+        name: str, config: TimmDetectorConfig, kwargs: dict[str, Any], weights_follow: bool
     ) -> nn.Module:
-        # Never reaches the network unless the user allowed it and gave no local weights.
-        download = bool(config.allow_download and config.pretrained is None)
+        # Never reaches the network unless the user allowed it and gave no local weights, and
+        # no detector weights follow (they would overwrite the downloaded ones).
+        download = bool(config.allow_download and config.pretrained is None and not weights_follow)
         try:
             return timm.create_model(
                 name,

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from deepfake_detect.config.schema import ExperimentConfig
-from deepfake_detect.data.clips import average_by_video
+from deepfake_detect.data.video_clips import average_by_video
 from deepfake_detect.data.feature_cache import FeatureCache
 from deepfake_detect.data.transforms import build_mixup
 from deepfake_detect.evaluation.metrics import binary_metrics
-from deepfake_detect.evaluation.thresholds import choose_threshold
+from deepfake_detect.calibration.thresholds import choose_threshold
 from deepfake_detect.models.checkpoint import checkpoint_meta
 from deepfake_detect.models.detector import Detector
 from deepfake_detect.training.losses import build_loss, logits_like_head, marginal_fake_logit
@@ -220,10 +220,11 @@ class DetectorModule(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Plain data in the file (it must load with weights_only=True); typed when read back.
         checkpoint["deepfake_detect"] = checkpoint_meta(
-            self.model, self.threshold, self.config.model_dump(mode="json")
+            self.model, self.threshold, self.config.model_dump(mode="json"),
+            val_metrics=dict(self.val_metrics),
         )
-        checkpoint["deepfake_detect"]["val_metrics"] = dict(self.val_metrics)
         # Plain lists and tensors only: the file must load with weights_only=True.
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {

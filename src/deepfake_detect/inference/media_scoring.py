@@ -1,8 +1,10 @@
 """Prediction on raw videos and photos: sample frames, find and crop faces, score, aggregate.
 
-Faces are cut with the checkpoint's own face-pipeline settings (the ``prepare`` section stored
-with it), so a model sees at prediction time the same kind of crop it was trained on. A file in
-which no face is found gets a status saying so and no score.
+Faces are found and cut by the one face pipeline (:class:`~deepfake_detect.data.faces.pipeline.
+FacePipeline`, which ``prepare`` uses too) with the checkpoint's own settings (the ``prepare``
+section stored with it), so a model sees at prediction time the same kind of crop it was trained
+on; which faces are scored (``select``) may be chosen apart from that. A file in which no face
+is found gets a status saying so and no score.
 
 Test-time augmentation and Monte-Carlo dropout (:mod:`deepfake_detect.inference.tta`) work on
 the face crops exactly as for face-crop images (``score_files``): each face's score is the mean
@@ -13,7 +15,7 @@ the standard deviation over the passes of the file's aggregated score (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +25,10 @@ import torch
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data.faces.base import FaceDetector
 from deepfake_detect.data.faces.cascade import build_face_finder
-from deepfake_detect.data.faces.crop import cut_faces
-from deepfake_detect.data.faces.track import FaceTracker
-from deepfake_detect.data.images import load_rgb
+from deepfake_detect.data.faces.pipeline import FacePipeline
 from deepfake_detect.data.transforms import build_transform
-from deepfake_detect.data.video import VideoError, is_video_file, read_frames
 from deepfake_detect.errors import ConfigError
-from deepfake_detect.evaluation.aggregation import AGGREGATORS
+from deepfake_detect.inference.aggregation import AGGREGATORS
 from deepfake_detect.inference.scoring import autocast_for, pick_device
 from deepfake_detect.inference.tta import (
     TTASpec,
@@ -64,21 +63,21 @@ class MediaResult:
 
 def prepare_settings(detector: Detector) -> PrepareConfig:
     """The face pipeline a checkpoint was trained with (defaults for checkpoints without one)."""
-    meta = getattr(detector, "checkpoint_meta", None) or {}
-    stored = (meta.get("experiment") or {}).get("prepare")
+    meta = getattr(detector, "checkpoint_meta", None)  # None: a module not read from a file
+    stored = meta.prepare if meta is not None else None
     return PrepareConfig.model_validate(stored) if stored else PrepareConfig()
 
 
-def _frames_of(path: Path, settings: PrepareConfig, notes: list[str]) -> Iterator[tuple[int, float, np.ndarray]]:
-    if is_video_file(path):
-        stream = read_frames(path, settings.frames)
-        for frame in stream:
-            yield frame.index, frame.time, frame.image
-        notes.extend(stream.notes)
-        if stream.error:
-            notes.append(f"decoding stopped early: {stream.error}")
-    else:
-        yield 0, 0.0, np.asarray(load_rgb(path))
+SELECTIONS = ("all", "largest", "relative")
+
+
+def with_selection(settings: PrepareConfig, select: str | None) -> PrepareConfig:
+    """``settings`` with ``crop.select`` replaced by ``select`` (None: unchanged)."""
+    if select is None or select == settings.crop.select:
+        return settings
+    if select not in SELECTIONS:
+        raise ConfigError(f"--select {select!r}: choose one of {', '.join(SELECTIONS)}")
+    return settings.model_copy(update={"crop": settings.crop.model_copy(update={"select": select})})
 
 
 class MediaScorer:
@@ -90,6 +89,10 @@ class MediaScorer:
     does per batch), so a file gets the same scores every time for the same ``batch_size``.
     A bad spec or a detector without dropout raises :class:`ConfigError` here, before any
     file is read or the face detector is loaded.
+
+    Faces are found and cut by the :class:`~deepfake_detect.data.faces.pipeline.FacePipeline`
+    with ``settings`` (default: the checkpoint's, :func:`prepare_settings`); ``select``
+    (largest, all, relative) replaces their ``crop.select`` (``predict`` scores every face).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class MediaScorer:
         tta: TTASpec | str | None = None,
         mc_dropout: int = 0,
         seed: int = 0,
+        select: str | None = None,
     ):
         if aggregation not in AGGREGATORS:
             raise ConfigError(
@@ -116,7 +120,7 @@ class MediaScorer:
         self.ensemble = detector if isinstance(detector, Ensemble) else None
         self.mc_dropout = int(mc_dropout)
         self.seed = seed
-        self.settings = settings or prepare_settings(detector)
+        self.settings = with_selection(settings or prepare_settings(detector), select)
         self.device = pick_device(device)
         if self.ensemble is not None:
             self.members = [
@@ -132,6 +136,7 @@ class MediaScorer:
                 update={"detect": self.settings.detect.model_copy(update={"device": "cpu"})}
             )
         self.faces = face_detector or build_face_finder(self.settings.detect, self.settings.crop)
+        self.pipeline = FacePipeline(self.settings, self.faces)
         self.transform = build_transform(detector.preprocessing())
         self.aggregation = aggregation
         self.batch_size = batch_size
@@ -179,39 +184,28 @@ class MediaScorer:
         equals the mean of the per-pass scores; for the others it can differ from it slightly.
         """
         path = Path(path)
-        notes: list[str] = []
-        crop_cfg = self.settings.crop
-        tracker = FaceTracker() if crop_cfg.select != "largest" else None
+        faces = self.pipeline.file(path)
         crops: list[np.ndarray] = []
         where: list[tuple[int, int, float, list[float]]] = []
-        n_frames = 0
-        batch: list[tuple[int, float, np.ndarray]] = []
-
-        def flush() -> None:
-            found = self.faces.detect([img for _, _, img in batch])
-            for (index, when, img), faces in zip(batch, found, strict=True):
-                for cut in cut_faces(img, faces, crop_cfg, tracker):
-                    crops.append(cut.pixels)
-                    box = [round(float(v), 1) for v in cut.face.box]
-                    where.append((index, cut.track or 0, when, box))
-            batch.clear()
-
         try:
-            for item in _frames_of(path, self.settings, notes):
-                batch.append(item)
-                n_frames += 1
-                if len(batch) >= self.settings.detect.batch_size:
-                    flush()
-            if batch:
-                flush()
-        except VideoError as e:
-            return MediaResult(str(path), None, n_frames, 0, f"{e.reason}: {e}", notes)
-        except Exception as e:  # noqa: BLE001 - unreadable photo etc.; the batch goes on
-            return MediaResult(str(path), None, n_frames, 0, f"unreadable: {e}", notes)
-        if n_frames == 0:
-            return MediaResult(str(path), None, 0, 0, "no_frames: no frame could be decoded", notes)
+            for cut in faces:
+                if cut.ok:
+                    crops.append(cut.pixels)
+                    where.append((cut.frame, cut.track or 0, cut.time,
+                                  [round(float(v), 1) for v in cut.box]))
+        except Exception as e:  # noqa: BLE001 - e.g. a detector failure; the batch goes on
+            return MediaResult(str(path), None, faces.frames, 0, f"unreadable: {e}", faces.notes)
+        notes = faces.notes
+        if faces.decode_error:
+            notes.append(f"decoding stopped early: {faces.decode_error}")
+        if faces.failure is not None:
+            status, detail = faces.failure
+            return MediaResult(str(path), None, faces.frames, 0, f"{status}: {detail}", notes)
+        n_frames = faces.frames
         if not crops:
             what = "frame" if n_frames == 1 else f"{n_frames} sampled frames"
+            if faces.kind == "image":
+                what = "photo"
             return MediaResult(str(path), None, n_frames, 0, f"no_face: no face found in the {what}", notes)
         frame_ids = np.asarray([str(w[0]) for w in where], dtype=object)
         aggregate = AGGREGATORS[self.aggregation]
@@ -243,10 +237,12 @@ class MediaScorer:
 def score_media(
     scorer: MediaScorer, files: Sequence[Path], progress: bool = True
 ) -> list[MediaResult]:
+    from rich.console import Console
     from rich.progress import Progress
 
     results = []
-    with Progress(disable=not progress, transient=True) as bar:
+    # on standard error: predict may be writing its CSV to standard output
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("detecting faces and scoring", total=len(files))
         for path in files:
             results.append(scorer.score(path))

@@ -21,7 +21,7 @@ import numpy as np
 
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error
-from deepfake_detect.evaluation.thresholds import choose_threshold
+from deepfake_detect.calibration.thresholds import choose_threshold
 from deepfake_detect.outputs import atomic_write, claim_file
 
 CALIBRATION_JSON = "calibration.json"
@@ -166,7 +166,7 @@ def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -
                 "all to use every sample on purpose"
             )
         split = "val"
-    from deepfake_detect.evaluation.runner import select_split
+    from deepfake_detect.evaluation.evaluate import select_split
 
     return select_split(samples, split, dataset)
 
@@ -213,11 +213,11 @@ def calibration_samples(
     the model was trained, reusing the training run's crops when they are there (as evaluate
     does)."""
     from deepfake_detect.data.dataset_videos import gather_samples
-    from deepfake_detect.evaluation.runner import _faces_cache
-    from deepfake_detect.inference.media import prepare_settings
+    from deepfake_detect.evaluation.evaluate import _faces_cache
+    from deepfake_detect.inference.media_scoring import prepare_settings
 
     chosen: list[Any] = []
-    experiment = model.checkpoint_meta.get("experiment") or {}
+    experiment = model.checkpoint_meta.experiment
     faces_cache, cache_root = _faces_cache(experiment, out_dir)
     for path in data:
         gathered = gather_samples(
@@ -247,7 +247,7 @@ def score_fake_logits(
     A video detector gives one value per video: the mean fake logit over its clips (the scores
     evaluate reports average probabilities instead, so the fit is an approximation there).
     """
-    from deepfake_detect.inference.clips import is_sequence_detector, score_videos
+    from deepfake_detect.inference.clip_scoring import is_sequence_detector, score_videos
     from deepfake_detect.inference.scoring import score_files
 
     def fake_logits(logits):
@@ -377,8 +377,8 @@ def calibrate_checkpoint(
         before=calibration_report(z, y, old_t), after=calibration_report(z, y, new_t),
         notes=notes,
     )
-    meta = dict(detector.checkpoint_meta)
-    meta.update(temperature=new_t, threshold=threshold, calibration=result.meta())
+    meta = detector.checkpoint_meta.model_copy(
+        update={"temperature": new_t, "threshold": threshold, "calibration": result.meta()})
     detector.temperature = new_t
     detector.threshold = threshold
     detector.checkpoint_meta = meta

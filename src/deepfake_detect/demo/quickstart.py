@@ -41,9 +41,9 @@ def run_quickstart(out: Path | None = None, seed: int = 0, console: Console | No
 
 
 def _run_quickstart(run_dir: Path, seed: int, console: Console) -> dict:
-    from deepfake_detect.data.synthetic import generate_dataset
+    from deepfake_detect.demo.faces import generate_dataset
     from deepfake_detect.inference.predict import predict_files, write_predictions
-    from deepfake_detect.training.runner import train
+    from deepfake_detect.training.train import train
 
     started = time.time()
     write_run_info(run_dir, None, seed=seed, quickstart_data=QUICKSTART_DATA,
@@ -71,7 +71,9 @@ def _run_quickstart(run_dir: Path, seed: int, console: Console) -> dict:
 
     detector = load_checkpoint(run_dir / "train" / "model.safetensors")
     examples = sorted((data_dir / "test" / "real").glob("*"))[:3] + sorted((data_dir / "test" / "fake").glob("*"))[:3]
-    rows = predict_files(detector, examples, threshold=detector.threshold, num_workers=0, progress=False)
+    # the examples are face crops already (the synthetic dataset's), scored as they are
+    rows = predict_files(detector, examples, threshold=detector.threshold, num_workers=0,
+                         progress=False, crops=True)
     write_predictions(rows, run_dir / "predictions.csv")
     for row in rows:
         console.print(f"  {Path(row.filename).parent.name}/{Path(row.filename).name}: P(fake) = {row.score:.3f}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from deepfake_detect.data.clips import ClipDataset, VideoFrames, group_frames, sequence_settings
+from deepfake_detect.data.video_clips import ClipDataset, VideoFrames, group_frames, sequence_settings
 from deepfake_detect.data.datasets import collate_skipping
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.transforms import build_clip_transform
@@ -83,6 +83,7 @@ def score_videos(
     are reproducible for the same videos and batch size. A bad spec or a detector without
     dropout raises :class:`~deepfake_detect.errors.ConfigError` before any frame is read.
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     spec = parse_tta(tta)
@@ -110,7 +111,8 @@ def score_videos(
     # per pass, the sum of each video's clip values: its per-pass score is that over its clips
     pass_totals = np.zeros((mc_dropout, len(videos))) if mc_dropout else None
     errors: dict[str, str] = {}
-    with Progress(disable=not progress, transient=True) as bar:
+    # on stderr: predict may be writing its CSV to stdout
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=len(dataset))
         for batch in loader:
             for path, reason in batch["skipped"]:

@@ -5,19 +5,32 @@ depth), CSV manifests (``path,label[,split,video]``) or DFDC-style folders whose
 ``metadata.json`` maps file names to ``{"label": "FAKE"|"REAL", "split": ...}``. Each found item
 gets a video id unique within the run: its path below the input root, without extension and with
 the split and label folders left out (they are kept in their own fields).
+
+Discovery follows the rules of dataset folders (:mod:`deepfake_detect.data.sources`, whose
+walker, CSV reader and label / split names this module uses): symlinked folders are followed,
+each real folder once; hidden files and folders are skipped; a broken symbolic link, a link
+loop or a file a manifest lists that is missing is reported in ``problems`` with the same
+reason everywhere, and left out.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from deepfake_detect.data.labels import accepted_names, parse_label, parse_split
-from deepfake_detect.data.sources import IMAGE_EXTENSIONS
+from deepfake_detect.data.labels import parse_label, parse_split
+from deepfake_detect.data.sources import (
+    IMAGE_EXTENSIONS,
+    file_problem,
+    folder_marks,
+    listed_problem,
+    read_csv_table,
+    resolve_listed,
+    row_label_and_split,
+    walk_folders,
+)
 from deepfake_detect.data.video import VIDEO_EXTENSIONS
 from deepfake_detect.errors import DataError
 
@@ -59,38 +72,32 @@ def find_media(inputs: Sequence[str | Path], label: int | None = None) -> MediaS
             _read_csv(path, label, scan)
         elif path.is_file() and path.name == "metadata.json":
             _walk(path.parent, label, scan)
-        elif path.is_file():
+        elif (problem := file_problem(path)) is not None:
+            scan.problems.append((str(path), problem))
+        else:
             kind = media_kind(path)
             if kind is None:
                 scan.problems.append((str(path), "not a video or image file"))
                 continue
             scan.items.append(MediaItem(path, kind, path.stem, label, None))
-        else:
-            scan.problems.append((str(path), "no such file or folder"))
     check_unique_videos(scan.items)
     return scan
 
 
 def _walk(root: Path, default_label: int | None, scan: MediaScan) -> None:
-    before = len(scan.items)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        rel_parts = here.relative_to(root).parts
-        label, split, kept = default_label, None, []
-        for part in rel_parts:
-            if (lab := parse_label(part)) is not None and not part.isdigit():
-                label = lab
-            elif (spl := parse_split(part)) is not None:
-                split = spl
-            else:
-                kept.append(part)
+    before, problems = len(scan.items), len(scan.problems)
+    unlisted: list[tuple[Path, str]] = []
+    for here, filenames in walk_folders(root, unlisted):
+        label, split, kept = folder_marks(here.relative_to(root).parts, default_label)
         meta = _dfdc_metadata(here) if "metadata.json" in filenames else {}
-        for name in sorted(filenames):
+        for name in filenames:
             if name.startswith(".") or name == "metadata.json":
                 continue
             kind = media_kind(name)
             if kind is None:
+                continue
+            if (problem := file_problem(here / name)) is not None:
+                scan.problems.append((str(here / name), problem))
                 continue
             item_label, item_split = label, split
             if name in meta:
@@ -98,7 +105,8 @@ def _walk(root: Path, default_label: int | None, scan: MediaScan) -> None:
                 item_split = meta[name].get("split", item_split)
             video = "/".join((*kept, PurePath(name).stem))
             scan.items.append(MediaItem(here / name, kind, video, item_label, item_split))
-    if len(scan.items) == before:
+    scan.problems += [(str(p), why) for p, why in unlisted]
+    if len(scan.items) == before and len(scan.problems) == problems:
         exts = " ".join(sorted(e.lstrip(".") for e in MEDIA_EXTENSIONS))
         scan.problems.append((str(root), f"folder holds no videos or images ({exts})"))
 
@@ -126,45 +134,31 @@ def _dfdc_metadata(folder: Path) -> dict[str, dict]:
 
 
 def _read_csv(path: Path, default_label: int | None, scan: MediaScan) -> None:
-    base = path.parent
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"CSV manifest {path} cannot be read: {e}") from e
-    if not rows:
-        raise DataError(f"CSV manifest {path} is empty: it needs a header path[,label,split,video]")
-    cols = [c.strip().lower() for c in rows[0]]
+    table = read_csv_table(path, "path[,label,split,video]")
+    cols = [c.strip().lower() for c in table.header]
     if "path" not in cols:
         raise DataError(
-            f"CSV manifest {path} has no path column; its header is {','.join(rows[0])!r}"
+            f"CSV manifest {path} has no path column; its header is {','.join(table.header)!r}"
         )
 
-    def cell(row: list[str], name: str) -> str:
-        i = cols.index(name) if name in cols else None
-        return row[i].strip() if i is not None and i < len(row) else ""
+    for line, row in table.rows:
+        def cell(name: str, row: list[str] = row) -> str:
+            i = cols.index(name) if name in cols else None
+            return row[i].strip() if i is not None and i < len(row) else ""
 
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
+        raw = cell("path")
+        file = resolve_listed(raw, path.parent)
+        if media_kind(file) is None:
+            why = f"not a video or image file (listed in {path} line {line})"
+            scan.problems.append((str(file), why))
             continue
-        raw = cell(row, "path")
-        file = Path(os.path.normpath(raw if os.path.isabs(raw) else base / raw))
-        kind = media_kind(file)
-        where = f"{path} line {line}"
-        if kind is None:
-            scan.problems.append((str(file), f"not a video or image file ({where})"))
+        if (problem := listed_problem(file, path, line)) is not None:
+            scan.problems.append((str(file), problem))
             continue
-        if not file.is_file():
-            scan.problems.append((str(file), f"file not found ({where})"))
-            continue
-        label = default_label
-        if raw_label := cell(row, "label"):
-            label = parse_label(raw_label)
-            if label is None:
-                raise DataError(f"{where}: label {raw_label!r} is unknown ({accepted_names()})")
-        split = parse_split(cell(row, "split")) if cell(row, "split") else None
-        video = cell(row, "video") or PurePath(raw).with_suffix("").as_posix().lstrip("./")
-        scan.items.append(MediaItem(file, kind, video, label, split))
+        label, split = row_label_and_split(cell, f"{path} line {line}", required=False,
+                                           default=default_label)
+        video = cell("video") or PurePath(raw).with_suffix("").as_posix().lstrip("./")
+        scan.items.append(MediaItem(file, media_kind(file), video, label, split))
 
 
 def check_unique_videos(items: Sequence[MediaItem]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.errors import ConfigError, DataError
-from deepfake_detect.evaluation.metrics import to_numpy
+from deepfake_detect.inference.decisions import to_numpy
 
 # An aggregator gets one video's frame scores and, when known, the frame id of each score (several
 # faces can share a frame); strategies such as SBI's max-per-frame need the latter.

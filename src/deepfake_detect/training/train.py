@@ -28,7 +28,7 @@ from deepfake_detect.data.clip_datamodule import ClipDataModule
 from deepfake_detect.data.datamodule import FaceDataModule
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import metrics_to_json
-from deepfake_detect.evaluation.runner import evaluate_samples
+from deepfake_detect.evaluation.evaluate import evaluate_samples
 from deepfake_detect.models.checkpoint import export_safetensors, load_checkpoint
 from deepfake_detect.data.feature_cache import FeatureCache
 from deepfake_detect.data.transforms import augment_is_random

@@ -14,12 +14,12 @@ import numpy as np
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.outputs import atomic_write, inside, owned_folder, safe_name
-from deepfake_detect.evaluation.aggregation import aggregate_videos
+from deepfake_detect.inference.aggregation import aggregate_videos
 from deepfake_detect.evaluation.dashboard import plot_dashboard
-from deepfake_detect.evaluation.errors import error_analysis, error_counts
+from deepfake_detect.evaluation.error_analysis import error_analysis, error_counts
 from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
-from deepfake_detect.inference.clips import is_sequence_detector, score_videos
+from deepfake_detect.inference.clip_scoring import is_sequence_detector, score_videos
 from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options, load_model
 from deepfake_detect.inference.scoring import score_files
 from deepfake_detect.inference.tta import TTASpec
@@ -330,8 +330,8 @@ def evaluate_checkpoint(
     """
     from deepfake_detect.data.dataset_videos import gather_samples
     from deepfake_detect.data.sources import log_discovery
-    from deepfake_detect.evaluation.aggregation import AGGREGATORS
-    from deepfake_detect.inference.media import prepare_settings
+    from deepfake_detect.inference.aggregation import AGGREGATORS
+    from deepfake_detect.inference.media_scoring import prepare_settings
     from deepfake_detect.inference.scoring import check_loader_options
     from deepfake_detect.runinfo import write_run_info
 
@@ -346,13 +346,11 @@ def evaluate_checkpoint(
     # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
     # fails before any work. Without --tta, the views the recipe evaluates with (eval.tta).
     if tta is None and not is_ensemble:
-        tta = ((detector.checkpoint_meta.get("experiment") or {}).get("eval") or {}).get("tta")
+        tta = detector.checkpoint_meta.eval_settings.get("tta")
     tta = check_scoring_options(detector, tta, mc_dropout)
     meta = detector.checkpoint_meta
     chosen_threshold = detector.threshold if threshold is None else threshold
-    aggregation = video_aggregation or meta.get("experiment", {}).get("eval", {}).get(
-        "video_aggregation", "mean"
-    )
+    aggregation = video_aggregation or meta.eval_settings.get("video_aggregation", "mean")
     inputs = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     inputs += [*data, *([config] if config else [])]
     # claimed before anything is written: new, empty, or an earlier evaluate's; never an input
@@ -366,13 +364,13 @@ def evaluate_checkpoint(
             )
         else:
             write_run_info(
-                out_dir, meta.get("experiment"),
+                out_dir, meta.experiment or None,
                 checkpoint=str(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]),
                 data=[str(d) for d in data], split=split, threshold=chosen_threshold,
                 video_aggregation=aggregation, tool_command="evaluate",
             )
         results: dict[str, dict[str, Any]] = {}
-        faces_cache, cache_root = _faces_cache(meta.get("experiment") or {}, out_dir)
+        faces_cache, cache_root = _faces_cache(meta.experiment, out_dir)
         for path in data:
             # videos in dataset folders: face crops cut the way the model was trained, cached
             gathered = gather_samples(

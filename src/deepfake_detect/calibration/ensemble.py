@@ -3,7 +3,7 @@ validation data and write an ensemble file that predict and evaluate read.
 
 The members keep their own temperatures and thresholds (calibrate each member first to change
 those). Soft and logits weights are fitted by minimising the validation negative log-likelihood
-of the ensemble score (:func:`~deepfake_detect.inference.ensemble.fit_weights`); given weights
+of the ensemble score (:func:`fit_weights`); given weights
 (``--weights``) are kept, and only the threshold is chosen. The test split is refused, as for
 a single checkpoint.
 """
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from deepfake_detect.errors import ConfigError, DataError
-from deepfake_detect.evaluation.calibration import (
+from deepfake_detect.calibration.temperature import (
     FitSummary,
     _check_arguments,
     claim_calibration_outputs,
@@ -26,8 +27,8 @@ from deepfake_detect.evaluation.calibration import (
     calibration_samples,
 )
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error, roc_auc
-from deepfake_detect.evaluation.thresholds import choose_threshold
-from deepfake_detect.inference.ensemble import fit_weights, load_ensemble, write_ensemble_file
+from deepfake_detect.calibration.thresholds import choose_threshold
+from deepfake_detect.inference.ensemble import ENSEMBLE_METHODS, load_ensemble, write_ensemble_file
 
 _EPS = 1e-7
 
@@ -62,6 +63,54 @@ class EnsembleCalibration(FitSummary):
         for key in ("auc", "nll", "ece", "brier"):
             rows.append((key, f"{self.before[key]:.4f}", f"{self.after[key]:.4f}"))
         return rows
+
+
+def fit_weights(values: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """Weights (summing to 1) and, for ``logits``, a temperature minimising the validation
+    negative log-likelihood of the ensemble score.
+
+    ``values``: (members, inputs) member values as :meth:`Ensemble.member_output` gives them
+    (P(fake) for soft, fake logits for logits). Hard voting has no likelihood to fit (its score
+    moves in steps), so its weights must be given.
+    """
+    if method == "hard":
+        raise ConfigError(
+            "hard voting weights can not be fitted (the vote share has no smooth likelihood); "
+            "give --weights, or fit with --ensemble soft or logits"
+        )
+    if method not in ENSEMBLE_METHODS:
+        raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
+    v = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    if v.ndim != 2 or v.shape[1] != y.numel():
+        raise DataError(f"member values {tuple(v.shape)} do not match {y.numel()} labels")
+    if not (0 < float(y.sum()) < y.numel()):
+        raise DataError("fitting ensemble weights needs validation data with real and fake samples")
+    # softmax keeps the weights on the simplex; the log-temperature keeps T > 0. Starting from
+    # equal weights and T = 1, L-BFGS on this smooth, low-dimensional problem is deterministic.
+    a = torch.zeros(v.shape[0], dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=method == "logits")
+    params = [a, log_t] if method == "logits" else [a]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=200, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        w = torch.softmax(a, 0)[:, None]
+        if method == "soft":
+            p = (w * v).sum(0).clamp(_EPS, 1 - _EPS)
+            return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+        z = (w * v).sum(0) / log_t.exp()
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = torch.softmax(a.detach(), 0).numpy()
+    return weights, float(log_t.detach().exp()) if method == "logits" else 1.0
 
 
 def calibrate_ensemble(
