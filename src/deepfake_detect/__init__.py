@@ -4,7 +4,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_detector", "load_checkpoint", "load_detector"]
+__all__ = [
+    "LoadedModel", "ScoringOptions", "__version__", "build_detector", "load_checkpoint",
+    "load_detector", "load_predictor",
+]
+_INFERENCE = {
+    "LoadedModel": "deepfake_detect.inference.predictor",
+    "ScoringOptions": "deepfake_detect.inference.options",
+    "load_predictor": "deepfake_detect.inference.ensemble",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -13,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from deepfake_detect import models
 
         return getattr(models, name)
+    if name in _INFERENCE:
+        import importlib
+
+        return getattr(importlib.import_module(_INFERENCE[name]), name)
     raise AttributeError(f"module 'deepfake_detect' has no attribute {name!r}")

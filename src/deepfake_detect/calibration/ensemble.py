@@ -20,6 +20,7 @@ import torch
 
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.calibration.temperature import (
+    CalibrateRequest,
     FitSummary,
     _check_arguments,
     claim_calibration_outputs,
@@ -28,7 +29,13 @@ from deepfake_detect.calibration.temperature import (
 )
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error, roc_auc
 from deepfake_detect.calibration.thresholds import choose_threshold
-from deepfake_detect.inference.ensemble import ENSEMBLE_METHODS, load_ensemble, write_ensemble_file
+from deepfake_detect.inference.ensemble import (
+    ENSEMBLE_METHODS,
+    ModelSource,
+    load_ensemble,
+    write_ensemble_file,
+)
+from deepfake_detect.inference.options import ScoringOptions
 
 _EPS = 1e-7
 
@@ -51,6 +58,10 @@ class EnsembleCalibration(FitSummary):
     weights: list[float]
     fitted: bool
     temperature: float
+
+    @property
+    def title(self) -> str:
+        return f"ensemble ({self.method}) calibration"
 
     def table(self) -> list[tuple[str, str, str]]:
         """(quantity, before, after) rows for printing."""
@@ -113,6 +124,57 @@ def fit_weights(values: np.ndarray, labels: np.ndarray, method: str) -> tuple[np
     return weights, float(log_t.detach().exp()) if method == "logits" else 1.0
 
 
+def calibrate_weights(request: CalibrateRequest) -> EnsembleCalibration:
+    """Fit the weights (unless given, or ``hard``) and a threshold of the ensemble ``request``
+    names; write the ensemble file ``request.out`` (``.yaml``) and ``calibration.json``
+    beside it."""
+    request.check()
+    out, source = request.out, request.model
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: an ensemble is written as a .yaml ensemble file")
+    claim_calibration_outputs(out, request.inputs, request.force)
+    ensemble = load_ensemble(source.checkpoints, source.method, source.weights, source.config)
+    samples = calibration_samples(ensemble, request.data, request.split, out.parent,
+                                  request.options.progress)
+    values, _ = ensemble.member_values(samples, request.options, "calibrating")
+    ok = ~np.isnan(values).any(axis=0)
+    if not ok.any():
+        raise DataError(f"none of the {ok.size} calibration inputs could be scored")
+    values = values[:, ok]
+    y = np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64)
+
+    weights_before = ensemble.weights.copy()
+    threshold_before = ensemble.threshold
+    before = _report(y, ensemble.combine(values))
+    fitted = source.weights is None and ensemble.method != "hard"
+    notes = []
+    if fitted:
+        ensemble.weights, ensemble.temperature = fit_weights(values, y, ensemble.method)
+    elif ensemble.method == "hard" and source.weights is None:
+        notes.append("hard voting: weights kept as given (they can not be fitted), threshold chosen")
+    scores = ensemble.combine(values)
+    threshold_strategy, target_fpr = request.threshold_strategy, request.target_fpr
+    if threshold_strategy != "keep":
+        value = target_fpr if threshold_strategy == "fpr" else 0.5
+        ensemble.threshold = choose_threshold(y, scores, threshold_strategy, value)
+    member_auc = [roc_auc(y, p) for p in ensemble.member_probabilities(values)]
+    result = EnsembleCalibration(
+        out=str(out), data=[str(d) for d in request.data], split=request.split,
+        method=ensemble.method, n=int(y.size), n_real=int(np.sum(y == 0)),
+        n_fake=int(np.sum(y == 1)), members=[m.name for m in ensemble.members],
+        member_auc=member_auc, weights_before=[float(w) for w in weights_before],
+        weights=[float(w) for w in ensemble.weights], fitted=fitted,
+        temperature=ensemble.temperature, threshold_before=threshold_before,
+        threshold=ensemble.threshold, threshold_strategy=threshold_strategy,
+        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
+        before=before, after=_report(y, scores), notes=notes,
+    )
+    ensemble.calibration = _meta(result)
+    write_ensemble_file(ensemble.config(), out)
+    write_calibration_json(out, result)
+    return result
+
+
 def calibrate_ensemble(
     checkpoints: Sequence[str | Path],
     data: Sequence[str | Path],
@@ -129,55 +191,15 @@ def calibrate_ensemble(
     config: str | Path | None = None,
     force: bool = False,
 ) -> EnsembleCalibration:
-    """Fit weights (unless given, or ``hard``) and a threshold; write the ensemble file ``out``
-    (``.yaml``) and ``calibration.json`` beside it."""
-    _check_arguments(threshold_strategy, target_fpr, split, data,
-                     batch_size=batch_size, num_workers=num_workers, device=device)
-    out = Path(out)
-    if out.suffix.lower() not in (".yaml", ".yml"):
-        raise ConfigError(f"--out {out}: an ensemble is written as a .yaml ensemble file")
-    claim_calibration_outputs(out, [*checkpoints, *data, *([config] if config else [])], force)
-    ensemble = load_ensemble(checkpoints, method, weights, config)
-    samples = calibration_samples(ensemble, data, split, out.parent, progress)
-    values, _ = ensemble.member_values(
-        samples, batch_size=batch_size, num_workers=num_workers, device=device,
-        progress=progress, description="calibrating",
-    )
-    ok = ~np.isnan(values).any(axis=0)
-    if not ok.any():
-        raise DataError(f"none of the {ok.size} calibration inputs could be scored")
-    values = values[:, ok]
-    y = np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64)
-
-    weights_before = ensemble.weights.copy()
-    threshold_before = ensemble.threshold
-    before = _report(y, ensemble.combine(values))
-    fitted = weights is None and ensemble.method != "hard"
-    notes = []
-    if fitted:
-        ensemble.weights, ensemble.temperature = fit_weights(values, y, ensemble.method)
-    elif ensemble.method == "hard" and weights is None:
-        notes.append("hard voting: weights kept as given (they can not be fitted), threshold chosen")
-    scores = ensemble.combine(values)
-    if threshold_strategy != "keep":
-        value = target_fpr if threshold_strategy == "fpr" else 0.5
-        ensemble.threshold = choose_threshold(y, scores, threshold_strategy, value)
-    member_auc = [roc_auc(y, p) for p in ensemble.member_probabilities(values)]
-    result = EnsembleCalibration(
-        out=str(out), data=[str(d) for d in data], split=split, method=ensemble.method,
-        n=int(y.size), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1)),
-        members=[m.name for m in ensemble.members], member_auc=member_auc,
-        weights_before=[float(w) for w in weights_before],
-        weights=[float(w) for w in ensemble.weights], fitted=fitted,
-        temperature=ensemble.temperature, threshold_before=threshold_before,
-        threshold=ensemble.threshold, threshold_strategy=threshold_strategy,
-        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
-        before=before, after=_report(y, scores), notes=notes,
-    )
-    ensemble.calibration = _meta(result)
-    write_ensemble_file(ensemble.config(), out)
-    write_calibration_json(out, result)
-    return result
+    """:func:`calibrate_weights` with the request given option by option (the older form)."""
+    _check_arguments(threshold_strategy, target_fpr, split, data)
+    options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                             progress=progress)
+    return calibrate_weights(CalibrateRequest(
+        model=ModelSource(checkpoints, config, method, weights), data=data, out=Path(out),
+        split=split, threshold_strategy=threshold_strategy, target_fpr=target_fpr,
+        options=options, force=force,
+    ))
 
 
 def _meta(result: EnsembleCalibration) -> dict[str, Any]:

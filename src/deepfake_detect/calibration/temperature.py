@@ -22,6 +22,9 @@ import numpy as np
 from deepfake_detect.errors import ConfigError, DataError
 from deepfake_detect.evaluation.metrics import brier_score, expected_calibration_error
 from deepfake_detect.calibration.thresholds import choose_threshold
+from deepfake_detect.inference.ensemble import ModelSource
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import as_predictor
 from deepfake_detect.outputs import atomic_write, claim_file
 
 CALIBRATION_JSON = "calibration.json"
@@ -171,13 +174,44 @@ def select_calibration_split(samples: Sequence[Any], split: str, dataset: str) -
     return select_split(samples, split, dataset)
 
 
+@dataclass
+class CalibrateRequest:
+    """Everything ``deepfake-detect calibrate`` is asked to do (see
+    :func:`deepfake_detect.calibration.calibrate.calibrate`).
+
+    ``model``: what ``--checkpoint`` names: one checkpoint (a temperature and a threshold are
+    fitted, ``out`` a ``.safetensors``) or an ensemble (weights and a threshold, ``out`` an
+    ensemble ``.yaml``); ``data``: validation folders or CSVs, pooled; ``options``: how the
+    samples are scored (batch size, workers, device, precision, progress).
+    """
+
+    model: ModelSource
+    data: Sequence[str | Path]
+    out: Path
+    split: str = "auto"
+    threshold_strategy: str = "eer"
+    target_fpr: float = 0.01
+    options: ScoringOptions = field(default_factory=ScoringOptions)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+    def check(self) -> None:
+        """Refuse bad options before any model is loaded or file read."""
+        _check_arguments(self.threshold_strategy, self.target_fpr, self.split, self.data)
+        self.model.check()
+
+    @property
+    def inputs(self) -> list[Any]:
+        """Every path read: no output may replace one of them."""
+        return [*self.model.inputs, *self.data]
+
+
 def _check_arguments(
     threshold_strategy: str, target_fpr: float, split: str, data: Sequence[Any],
-    batch_size: int = 64, num_workers: int | None = None, device: str | None = None,
 ) -> None:
     """Refuse bad options before any model is loaded or file read."""
-    from deepfake_detect.inference.scoring import check_loader_options
-
     if threshold_strategy not in THRESHOLD_CHOICES:
         raise ConfigError(
             f"--threshold-strategy {threshold_strategy!r}: choose one of "
@@ -189,7 +223,6 @@ def _check_arguments(
         select_calibration_split([], split, "")  # raises with the explanation
     if not data:
         raise DataError("give at least one --data folder or CSV with validation samples")
-    check_loader_options(batch_size, num_workers, device)
 
 
 def claim_calibration_outputs(out: Path, inputs: Sequence[str | Path], force: bool) -> None:
@@ -210,18 +243,19 @@ def calibration_samples(
 ) -> list[Any]:
     """The labelled validation samples of every ``data`` path, pooled (see
     :func:`select_calibration_split`). Videos in dataset folders are cut into faces the way
-    the model was trained, reusing the training run's crops when they are there (as evaluate
-    does)."""
+    the model (a Predictor or a detector module) was trained, reusing the training run's
+    crops when they are there (as evaluate does)."""
     from deepfake_detect.data.dataset_videos import gather_samples
     from deepfake_detect.evaluation.evaluate import _faces_cache
-    from deepfake_detect.inference.media_scoring import prepare_settings
 
+    predictor = as_predictor(model)
     chosen: list[Any] = []
-    experiment = model.checkpoint_meta.experiment
+    experiment = predictor.meta.experiment if predictor.meta is not None else {}
     faces_cache, cache_root = _faces_cache(experiment, out_dir)
+    settings = predictor.prepare_settings()
     for path in data:
         gathered = gather_samples(
-            [path], prepare=prepare_settings(model), faces_cache=faces_cache,
+            [path], prepare=settings, faces_cache=faces_cache,
             cache_root=cache_root, progress=progress,
         )
         samples = gathered.samples
@@ -241,34 +275,24 @@ def score_fake_logits(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    *,
+    options: ScoringOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(fake logits, labels) of the samples that could be scored.
+    """(fake logits, labels) of the samples that could be scored, for a model (a
+    :class:`LoadedModel` or a detector module); the options one by one (the older form) or as
+    ``options``.
 
     A video detector gives one value per video: the mean fake logit over its clips (the scores
     evaluate reports average probabilities instead, so the fit is an approximation there).
     """
-    from deepfake_detect.inference.clip_scoring import is_sequence_detector, score_videos
-    from deepfake_detect.inference.scoring import score_files
-
-    def fake_logits(logits):
-        return detector.fake_logit(logits.float())
-
-    if is_sequence_detector(detector):
-        result = score_videos(
-            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description="calibrating", output=fake_logits,
-        )
-        labels = np.array([v.label for v in result.videos], dtype=np.int64)
-    else:
-        result = score_files(
-            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description="calibrating", output=fake_logits,
-        )
-        labels = np.array([s.label for s in samples], dtype=np.int64)
-    ok = result.ok
+    if options is None:
+        options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                                 progress=progress)
+    z, labels = as_predictor(detector).fake_logits(samples, options, "calibrating")
+    ok = ~np.isnan(z)
     if not ok.any():
         raise DataError(f"none of the {ok.size} calibration inputs could be scored")
-    return result.scores[ok], labels[ok]
+    return z[ok], labels[ok]
 
 
 @dataclass(kw_only=True)
@@ -309,6 +333,10 @@ class CalibrationResult(FitSummary):
             "notes": self.notes,
         }
 
+    @property
+    def title(self) -> str:
+        return "calibration"
+
     def table(self) -> list[tuple[str, str, str]]:
         """(quantity, before, after) rows for printing."""
         rows = [("temperature", f"{self.temperature_before:.4g}", f"{self.temperature:.4g}"),
@@ -316,6 +344,63 @@ class CalibrationResult(FitSummary):
         for key in ("nll", "ece", "brier"):
             rows.append((key, f"{self.before[key]:.4f}", f"{self.after[key]:.4f}"))
         return rows
+
+
+def calibrate_model(request: CalibrateRequest) -> CalibrationResult:
+    """Fit temperature scaling and a threshold for the one checkpoint of ``request`` on its
+    validation data; write a new checkpoint.
+
+    ``request.out`` (a ``.safetensors``) gets the detector with meta ``temperature``,
+    ``threshold`` and ``calibration``; ``calibration.json`` beside it holds the same figures.
+    The samples of all data paths are pooled: one temperature per model. With a model config
+    the checkpoint may be any weights file that detector reads (as in evaluate).
+    """
+    from deepfake_detect.inference.predictor import LoadedModel
+    from deepfake_detect.models.checkpoint import export_safetensors
+
+    request.check()
+    out, data = request.out, request.data
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out {out}: the calibrated checkpoint must be a .safetensors file")
+    claim_calibration_outputs(out, request.inputs, request.force)
+
+    source = request.model
+    model = LoadedModel.load(source.checkpoints[0], source.config)
+    old_t, old_threshold = model.temperature, model.threshold
+    chosen = calibration_samples(model, data, request.split, out.parent,
+                                 request.options.progress)
+    z, y = score_fake_logits(model, chosen, options=request.options)
+    new_t = fit_temperature(z, y)
+    threshold_strategy, target_fpr = request.threshold_strategy, request.target_fpr
+    threshold = calibrated_threshold(
+        z, y, new_t, threshold_strategy, target_fpr, old_threshold=old_threshold,
+        old_temperature=old_t,
+    )
+    notes = []
+    if new_t in (T_MIN, T_MAX):
+        # At a bound the NLL had no interior minimum: perfectly separated (T_MIN) or inverted
+        # (T_MAX) validation scores. The scores written would be near 0/1 or near 0.5 for all.
+        notes.append(
+            f"the temperature hit its bound {new_t:g}: the validation scores are "
+            + ("perfectly separated, so the NLL keeps falling as scores saturate"
+               if new_t == T_MIN else "ranked the wrong way round")
+            + "; calibrate on more (or harder) validation data for a meaningful temperature"
+        )
+    result = CalibrationResult(
+        checkpoint=str(source.checkpoints[0]), out=str(out), data=[str(d) for d in data],
+        split=request.split, n=int(y.size), n_real=int(np.sum(y == 0)),
+        n_fake=int(np.sum(y == 1)), temperature_before=old_t, temperature=new_t,
+        threshold_before=old_threshold, threshold=threshold,
+        threshold_strategy=threshold_strategy,
+        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
+        before=calibration_report(z, y, old_t), after=calibration_report(z, y, new_t),
+        notes=notes,
+    )
+    meta = model.meta.model_copy(
+        update={"temperature": new_t, "threshold": threshold, "calibration": result.meta()})
+    export_safetensors(model.module, out, meta)
+    write_calibration_json(out, result)
+    return result
 
 
 def calibrate_checkpoint(
@@ -332,56 +417,12 @@ def calibrate_checkpoint(
     config: str | Path | None = None,
     force: bool = False,
 ) -> CalibrationResult:
-    """Fit temperature scaling and a threshold on validation data; write a new checkpoint.
-
-    ``out`` (a ``.safetensors``) gets the detector with meta ``temperature``, ``threshold`` and
-    ``calibration``; ``calibration.json`` beside it holds the same figures. The samples of all
-    ``data`` paths are pooled: one temperature per model. With ``config`` the checkpoint may be
-    any weights file that detector reads (as in evaluate).
-    """
-    from deepfake_detect.models.checkpoint import export_safetensors, load_detector
-
-    _check_arguments(threshold_strategy, target_fpr, split, data,
-                     batch_size=batch_size, num_workers=num_workers, device=device)
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out {out}: the calibrated checkpoint must be a .safetensors file")
-    claim_calibration_outputs(out, [checkpoint, *data, *([config] if config else [])], force)
-
-    detector = load_detector(checkpoint, config)
-    old_t = float(detector.temperature)
-    old_threshold = float(detector.threshold)
-    chosen = calibration_samples(detector, data, split, out.parent, progress)
-    z, y = score_fake_logits(detector, chosen, batch_size, num_workers, device, progress)
-    new_t = fit_temperature(z, y)
-    threshold = calibrated_threshold(
-        z, y, new_t, threshold_strategy, target_fpr, old_threshold=old_threshold,
-        old_temperature=old_t,
-    )
-    notes = []
-    if new_t in (T_MIN, T_MAX):
-        # At a bound the NLL had no interior minimum: perfectly separated (T_MIN) or inverted
-        # (T_MAX) validation scores. The scores written would be near 0/1 or near 0.5 for all.
-        notes.append(
-            f"the temperature hit its bound {new_t:g}: the validation scores are "
-            + ("perfectly separated, so the NLL keeps falling as scores saturate"
-               if new_t == T_MIN else "ranked the wrong way round")
-            + "; calibrate on more (or harder) validation data for a meaningful temperature"
-        )
-    result = CalibrationResult(
-        checkpoint=str(checkpoint), out=str(out), data=[str(d) for d in data], split=split,
-        n=int(y.size), n_real=int(np.sum(y == 0)), n_fake=int(np.sum(y == 1)),
-        temperature_before=old_t, temperature=new_t, threshold_before=old_threshold,
-        threshold=threshold, threshold_strategy=threshold_strategy,
-        target_fpr=float(target_fpr) if threshold_strategy == "fpr" else None,
-        before=calibration_report(z, y, old_t), after=calibration_report(z, y, new_t),
-        notes=notes,
-    )
-    meta = detector.checkpoint_meta.model_copy(
-        update={"temperature": new_t, "threshold": threshold, "calibration": result.meta()})
-    detector.temperature = new_t
-    detector.threshold = threshold
-    detector.checkpoint_meta = meta
-    export_safetensors(detector, out, meta)
-    write_calibration_json(out, result)
-    return result
+    """:func:`calibrate_model` with the request given option by option (the older form)."""
+    _check_arguments(threshold_strategy, target_fpr, split, data)
+    options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                             progress=progress)
+    return calibrate_model(CalibrateRequest(
+        model=ModelSource([checkpoint], config), data=data, out=Path(out), split=split,
+        threshold_strategy=threshold_strategy, target_fpr=target_fpr, options=options,
+        force=force,
+    ))

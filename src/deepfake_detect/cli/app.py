@@ -234,18 +234,17 @@ def evaluate(
     checkpoint reads the images with its own input size and normalisation, and metrics.json
     lists every member's own metrics beside the ensemble's.
     """
-    from deepfake_detect.evaluation.evaluate import evaluate_checkpoint
-    from deepfake_detect.runinfo import create_run_dir
+    from deepfake_detect.evaluation.evaluate import EvaluateRequest
+    from deepfake_detect.evaluation.evaluate import evaluate as run_evaluate
 
-    out_dir = out or create_run_dir("runs", "evaluate")
-    results = evaluate_checkpoint(
-        checkpoint, data, out_dir, split=split, threshold=threshold,
-        video_aggregation=video_aggregation, batch_size=batch_size, num_workers=workers,
-        device=device, plots=plots, config=config, tta=tta, mc_dropout=mc_dropout,
-        ensemble=ensemble, weights=weights, force=force,
+    request = EvaluateRequest(
+        model=_model_source(checkpoint, config, ensemble, weights), data=data, out_dir=out,
+        split=split, threshold=threshold, video_aggregation=video_aggregation, plots=plots,
+        force=force, options=_options(batch_size, workers, device, tta, mc_dropout),
     )
-    _print_metrics(results)
-    console.print(f"results: {out_dir}")
+    evaluation = run_evaluate(_checked(request))
+    _print_metrics(evaluation.results)
+    console.print(f"results: {evaluation.out_dir}")
 
 
 @app.command(
@@ -322,65 +321,25 @@ def predict(
     mean over evenly spaced clips; then `faces` counts the clips. Several --checkpoint options
     (or an ensemble .yaml) score as one ensemble; score_std is then the members' spread.
     """
-    if output_format not in ("csv", "submission"):
-        raise typer.BadParameter("--format must be csv or submission")
-    from deepfake_detect.inference.clip_scoring import is_sequence_detector
-    from deepfake_detect.inference.ensemble import Ensemble, load_model
-    from deepfake_detect.inference.predict import (
-        predict_files,
-        predict_videos,
-        write_per_face,
-        write_predictions,
-        write_submission,
+    from deepfake_detect.inference.predict import PredictRequest
+    from deepfake_detect.inference.predict import predict as run_predict
+
+    request = PredictRequest(
+        model=_model_source(checkpoint, config, ensemble, weights), inputs=inputs or [],
+        video_dirs=video_dir or [], threshold=threshold, crops=crops, detect_faces=detect_faces,
+        select=select, aggregation=aggregation, out=out, json_out=json_out, per_frame=per_frame,
+        format=output_format, fail_label=fail_label, force=force,
+        options=_options(batch_size, workers, device, tta, mc_dropout),
     )
-
-    if not inputs and not video_dir:
-        raise typer.BadParameter("give files or folders to score (or --video-dir)")
-    from deepfake_detect.outputs import claim_file
-
-    sources = [*(inputs or []), *(video_dir or []), *checkpoint, *([config] if config else [])]
-    for option, target in (("--out", out), ("--json", json_out), ("--per-frame", per_frame)):
-        if target is not None:  # refused before any work: never an input, never a user's file
-            claim_file(target, inputs=sources, force=force, what=option)
-    detector = load_model(checkpoint, config, ensemble, weights)
-    chosen = detector.threshold if threshold is None else threshold
-    faces: list = []
-    sequence = not isinstance(detector, Ensemble) and is_sequence_detector(detector)
-    if sequence:
-        rows = predict_videos(
-            detector, inputs or [], video_dir or [], threshold=chosen, batch_size=batch_size,
-            num_workers=workers, device=device, tta=tta, mc_dropout=mc_dropout,
-        )
-    elif video_dir:
-        raise typer.BadParameter(
-            "--video-dir needs a video detector (e.g. dual_stream); this checkpoint scores "
-            "single images: pass the folder as an input instead"
-        )
-    else:
-        rows = predict_files(
-            detector, inputs, threshold=chosen, batch_size=batch_size, num_workers=workers,
-            device=device, detect_faces=detect_faces, aggregation=aggregation, per_face=faces,
-            tta=tta, mc_dropout=mc_dropout, crops=crops, select=select,
-        )
-    if output_format == "submission":
-        failed_rows = write_submission(rows, out or sys.stdout, fail_label)
-        for r in failed_rows:
-            console.print(f"[yellow]not scored, labelled {fail_label}[/yellow]: {escape(r.filename)} ({escape(r.error)})")
-        names = [Path(r.filename).name for r in rows]
-        if len(set(names)) < len(names):
-            console.print("[yellow]some inputs share a file name; their submission rows are ambiguous[/yellow]")
-        if json_out is not None:
-            write_predictions(rows, None, json_out)
-    elif out is None and json_out is None:
-        write_predictions(rows, sys.stdout)
-    else:
-        write_predictions(rows, out, json_out)
-    if per_frame is not None:
-        write_per_face(faces, per_frame)
-    no_face = sum(1 for r in rows if r.status == "no_face")
-    failed = sum(1 for r in rows if r.status == "error")
+    report = run_predict(_checked(request))
+    for r in report.unscored:
+        console.print(f"[yellow]not scored, labelled {fail_label}[/yellow]: {escape(r.filename)} ({escape(r.error)})")
+    if output_format == "submission" and report.shared_names:
+        console.print("[yellow]some inputs share a file name; their submission rows are ambiguous[/yellow]")
+    counts = report.counts()
+    no_face, failed = counts["no_face"], counts["error"]
     without = f", {no_face} without a face" if no_face else ""
-    console.print(f"{len(rows) - failed - no_face} scored{without}, {failed} failed"
+    console.print(f"{counts['ok']} scored{without}, {failed} failed"
                   + (f" -> {out}" if out else ""))
 
 
@@ -400,18 +359,11 @@ def export(
     """Write a standalone inference checkpoint: weights in their fastest form (Effort residuals
     merged into plain layers) plus the model config, preprocessing and threshold.
     """
-    from deepfake_detect.models.checkpoint import export_safetensors, load_detector
-    from deepfake_detect.outputs import claim_file
+    from deepfake_detect.models.checkpoint import export_checkpoint
 
-    claim_file(out, inputs=[checkpoint, *([config] if config else [])], force=force)
-    detector = load_detector(checkpoint, config)
-    meta = detector.checkpoint_meta
-    if threshold is not None:
-        meta = meta.model_copy(update={"threshold": float(threshold)})
-    path = export_safetensors(detector, out, meta)
-    size = path.stat().st_size / 2**20
-    console.print(f"wrote {path} ({size:.1f} MiB, detector {detector.config.name!r}, "
-                  f"threshold {meta.threshold:.4g})")
+    result = export_checkpoint(checkpoint, out, config=config, threshold=threshold, force=force)
+    console.print(f"wrote {result.path} ({result.size_mib:.1f} MiB, detector {result.detector!r}, "
+                  f"threshold {result.threshold:.4g})")
 
 
 @app.command(
@@ -632,23 +584,16 @@ def calibrate(
     (soft, logits; unless --weights are given) together with its threshold, and written as an
     ensemble .yaml that predict and evaluate take as --checkpoint.
     """
-    from deepfake_detect.inference.ensemble import is_ensemble_file
+    from deepfake_detect.calibration.calibrate import calibrate as run_calibrate
+    from deepfake_detect.calibration.temperature import CalibrateRequest
 
-    kwargs = dict(split=split, threshold_strategy=threshold_strategy, target_fpr=target_fpr,
-                  batch_size=batch_size, num_workers=workers, device=device, config=config,
-                  force=force)
-    if len(checkpoint) > 1 or is_ensemble_file(checkpoint[0]):
-        from deepfake_detect.calibration.ensemble import calibrate_ensemble
-
-        result = calibrate_ensemble(checkpoint, data, out, method=ensemble, weights=weights, **kwargs)
-        title = f"ensemble ({result.method}) calibration"
-    else:
-        if ensemble is not None or weights is not None:
-            raise typer.BadParameter("--ensemble / --weights need several --checkpoint options")
-        from deepfake_detect.calibration.temperature import calibrate_checkpoint
-
-        result = calibrate_checkpoint(checkpoint[0], data, out, **kwargs)
-        title = "calibration"
+    request = CalibrateRequest(
+        model=_model_source(checkpoint, config, ensemble, weights), data=data, out=out,
+        split=split, threshold_strategy=threshold_strategy, target_fpr=target_fpr, force=force,
+        options=_options(batch_size, workers, device),
+    )
+    result = run_calibrate(_checked(request))
+    title = result.title
     table = Table("", "before", "after", title=f"{title} on {result.n} samples "
                   f"({result.n_real} real / {result.n_fake} fake)")
     for row in result.table():
@@ -658,6 +603,31 @@ def calibrate(
         console.print(f"[yellow]warning[/yellow]: {escape(note)}")
     console.print(f"wrote {out} (threshold strategy {result.threshold_strategy}) and "
                   f"{Path(out).parent / 'calibration.json'}")
+
+
+def _checked(request):
+    """``request`` after its own check; options that do not fit together are usage errors
+    (shown with a pointer to the command's help)."""
+    from deepfake_detect.errors import ConfigError
+
+    try:
+        request.check()
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return request
+
+
+def _model_source(checkpoints, config, method, weights):
+    from deepfake_detect.inference.ensemble import ModelSource
+
+    return ModelSource(checkpoints, config, method, weights)
+
+
+def _options(batch_size, workers, device, tta=None, mc_dropout=0):
+    from deepfake_detect.inference.options import ScoringOptions
+
+    return ScoringOptions(batch_size=batch_size, num_workers=workers, device=device, tta=tta,
+                          mc_dropout=mc_dropout)
 
 
 def _print_metrics(results: dict) -> None:

@@ -42,7 +42,7 @@ def run_quickstart(out: Path | None = None, seed: int = 0, console: Console | No
 
 def _run_quickstart(run_dir: Path, seed: int, console: Console) -> dict:
     from deepfake_detect.demo.faces import generate_dataset
-    from deepfake_detect.inference.predict import predict_files, write_predictions
+    from deepfake_detect.inference.predict import predict_rows, write_predictions
     from deepfake_detect.training.train import train
 
     started = time.time()
@@ -67,13 +67,14 @@ def _run_quickstart(run_dir: Path, seed: int, console: Console) -> dict:
     )
 
     console.rule("4/4 prediction")
-    from deepfake_detect.models.checkpoint import load_checkpoint
+    from deepfake_detect.inference.options import ScoringOptions
+    from deepfake_detect.inference.predictor import LoadedModel
 
-    detector = load_checkpoint(run_dir / "train" / "model.safetensors")
+    model = LoadedModel.load(run_dir / "train" / "model.safetensors")
     examples = sorted((data_dir / "test" / "real").glob("*"))[:3] + sorted((data_dir / "test" / "fake").glob("*"))[:3]
     # the examples are face crops already (the synthetic dataset's), scored as they are
-    rows = predict_files(detector, examples, threshold=detector.threshold, num_workers=0,
-                         progress=False, crops=True)
+    rows = predict_rows(model, examples, ScoringOptions(num_workers=0, progress=False),
+                        crops=True)
     write_predictions(rows, run_dir / "predictions.csv")
     for row in rows:
         console.print(f"  {Path(row.filename).parent.name}/{Path(row.filename).name}: P(fake) = {row.score:.3f}")

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from deepfake_detect.evaluation.dashboard import plot_dashboard
 from deepfake_detect.evaluation.error_analysis import error_analysis, error_counts
 from deepfake_detect.evaluation.metrics import binary_metrics, metrics_to_json
 from deepfake_detect.evaluation.plots import save_evaluation_plots
-from deepfake_detect.inference.clip_scoring import is_sequence_detector, score_videos
-from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options, load_model
-from deepfake_detect.inference.scoring import score_files
+from deepfake_detect.inference.ensemble import ModelSource
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import Predictor, as_predictor
 from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 
@@ -46,7 +47,7 @@ def select_split(samples: Sequence[Sample], split: str, dataset: str) -> list[Sa
 
 
 def evaluate_samples(
-    detector: Detector,
+    detector: Predictor | Detector,
     samples: Sequence[Sample],
     out_dir: Path,
     threshold: float,
@@ -61,35 +62,34 @@ def evaluate_samples(
     error_examples: int = 16,
     tta: TTASpec | str | None = None,
     mc_dropout: int = 0,
+    *,
+    options: ScoringOptions | None = None,
 ) -> dict[str, Any]:
-    """Score ``samples``, write ``metrics.json``, ``predictions.csv`` and plots into ``out_dir``.
+    """Score ``samples`` with a predictor (one model or an ensemble), write ``metrics.json``,
+    ``predictions.csv`` and plots into ``out_dir``.
+
+    ``options`` (:class:`ScoringOptions`) says how the samples are scored; without it, it is
+    made from ``batch_size``, ``num_workers``, ``device``, ``progress``, ``tta`` and
+    ``mc_dropout`` (the older form). The views and the number of dropout passes are recorded
+    in metrics.json (``tta``, ``mc_dropout``); with dropout, or for an ensemble (the spread of
+    its members), ``predictions.csv`` gets ``score_std``.
 
     ``left_out`` are (path, reason) of inputs that never became samples (e.g. videos without a
     face); they are counted with the files that could not be read. With ``plots`` the folder
     also gets ``dashboard.png`` and, unless ``error_examples`` is 0, ``errors.csv`` /
     ``errors.png`` with that many most confident false positives and false negatives."""
+    if options is None:
+        options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                                 tta=tta, mc_dropout=mc_dropout, progress=progress)
+    predictor = as_predictor(detector)
+    predictor.check(options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # tta (views averaged) and mc_dropout (passes; predictions.csv gets score_std) are
-    # recorded in metrics.json as "tta" (view names) and "mc_dropout"
-    tta = check_scoring_options(detector, tta, mc_dropout)
-    ensemble = detector if isinstance(detector, Ensemble) else None
-    if ensemble is None and is_sequence_detector(detector):
+    if predictor.input_kind == "clips":
         return _evaluate_videos(
-            detector, samples, out_dir, threshold, batch_size, num_workers, device, plots,
-            progress, name, left_out, error_examples=error_examples, tta=tta,
-            mc_dropout=mc_dropout,
+            predictor, samples, out_dir, threshold, options, plots, name, left_out,
+            error_examples=error_examples,
         )
-    if ensemble is not None:
-        result = ensemble.score_files(
-            samples, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description=f"evaluating {name}".strip(), tta=tta,
-        )
-    else:
-        result = score_files(
-            detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-            progress=progress, description=f"evaluating {name}".strip(), tta=tta,
-            mc_dropout=mc_dropout,
-        )
+    result = predictor.score_images(samples, options, f"evaluating {name}".strip())
     ok = result.ok
     kept = [s for s, good in zip(samples, ok) if good]
     if not kept:
@@ -113,23 +113,23 @@ def evaluate_samples(
         "skipped": len(skipped),
         "skipped_files": skipped,
         "errors": {**error_counts(labels, scores, threshold), "level": "frame"},
-        "tta": tta.names if tta else None,
-        "mc_dropout": int(mc_dropout),
+        **options.describe(),
     }
     variances = result.var[ok] if result.var is not None else None
     if variances is not None:
         metrics["uncertainty"] = _uncertainty_report(labels, scores, threshold, variances)
-    member_scores = None
-    if ensemble is not None:
-        member_scores = result.members[:, ok]
-        metrics["ensemble"] = _ensemble_report(ensemble, labels, member_scores)
+    # an ensemble's members, each with its own P(fake) on the same samples
+    member_scores = result.members[:, ok] if result.members is not None else None
+    names: list[str] = []
+    if member_scores is not None:
+        metrics["ensemble"] = _members_report(predictor.describe(), labels, member_scores)
+        names = [f"score_{m['name']}" for m in metrics["ensemble"]["members"]]
     atomic_write(out_dir / "metrics.json", json.dumps(metrics_to_json(metrics), indent=2))
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
         # score_std: the spread over MC-dropout passes, or over an ensemble's members, whose
         # own P(fake) follow as score_<member>
         writer = csv.writer(fh)
         stds = result.std[ok] if result.std is not None else None
-        names = [f"score_{m.name}" for m in ensemble.members] if ensemble is not None else []
         writer.writerow(["path", "video", "label", "score"]
                         + (["score_std"] if stds is not None else []) + names
                         + (["logit_var"] if variances is not None else []))
@@ -155,29 +155,20 @@ def evaluate_samples(
 
 
 def _evaluate_videos(
-    detector: Detector,
+    predictor: Predictor,
     samples: Sequence[Sample],
     out_dir: Path,
     threshold: float,
-    batch_size: int,
-    num_workers: int | None,
-    device: str | None,
+    options: ScoringOptions,
     plots: bool,
-    progress: bool,
     name: str,
     left_out: Sequence[tuple[str, str]],
     error_examples: int = 16,
-    tta: TTASpec | None = None,
-    mc_dropout: int = 0,
 ) -> dict[str, Any]:
     """A sequence detector scores whole videos (mean over evenly spaced clips): video-level
     metrics only, and ``predictions.csv`` has one row per video (``score_std`` with
-    ``mc_dropout``: the std over the passes of the video score, see ``score_videos``)."""
-    result = score_videos(
-        detector, samples, batch_size=batch_size, num_workers=num_workers, device=device,
-        progress=progress, description=f"evaluating {name}".strip(), tta=tta,
-        mc_dropout=mc_dropout,
-    )
+    Monte-Carlo dropout: the std over the passes of the video score)."""
+    result = predictor.score_clips(samples, options, f"evaluating {name}".strip())
     ok = result.ok
     kept = [v for v, good in zip(result.videos, ok) if good]
     if not kept:
@@ -195,14 +186,13 @@ def _evaluate_videos(
         "frame": None,
         "video": {**video, "n_videos": len(kept)},
         "clips": int(result.clips.sum()),
-        "sequence": detector.preprocessing()["sequence"],
+        "sequence": predictor.preprocessing["sequence"],
         "short_videos_padded": result.short,
         "videos_not_scored": failed,
         "skipped": len(skipped),
         "skipped_files": skipped,
         "errors": {**error_counts(labels, scores, threshold), "level": "video"},
-        "tta": tta.names if tta else None,
-        "mc_dropout": int(mc_dropout),
+        **options.describe(),
     }
     atomic_write(out_dir / "metrics.json", json.dumps(metrics_to_json(metrics), indent=2))
     with open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8") as fh:
@@ -244,12 +234,12 @@ def _uncertainty_report(
     }
 
 
-def _ensemble_report(ensemble: Ensemble, labels: np.ndarray, member_scores: np.ndarray) -> dict:
-    """The ensemble's description with each member's own frame metrics on the same samples
-    (at the member's threshold), so that the gain of the ensemble over its members shows."""
-    report = ensemble.describe()
-    for entry, scores, member in zip(report["members"], member_scores, ensemble.members):
-        m = binary_metrics(labels, scores, threshold=member.detector.threshold)
+def _members_report(report: dict, labels: np.ndarray, member_scores: np.ndarray) -> dict:
+    """An ensemble's description (:meth:`Predictor.describe`) with each member's own frame
+    metrics on the same samples (at the member's threshold), so that the gain of the ensemble
+    over its members shows."""
+    for entry, scores in zip(report["members"], member_scores):
+        m = binary_metrics(labels, scores, threshold=entry["threshold"])
         entry["frame"] = {k: m[k] for k in ("auc", "eer", "ap", "acc", "acc_at_threshold")}
     return report
 
@@ -294,7 +284,112 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-__all__ = ["CLASS_NAMES", "SPLIT_CHOICES", "evaluate_samples", "select_split", "summary_rows"]
+@dataclass
+class EvaluateRequest:
+    """Everything ``deepfake-detect evaluate`` is asked to do (see :func:`evaluate`).
+
+    ``model``: what ``--checkpoint`` names (one checkpoint, several, or an ensemble file);
+    ``data``: dataset folders or CSV manifests, one sub-folder of ``out_dir`` each (None: a new
+    ``runs/evaluate-<time>``); ``threshold`` / ``video_aggregation`` None: the checkpoint's;
+    ``options``: how samples are scored (without views given, the recipe's ``eval.tta``).
+    """
+
+    model: ModelSource
+    data: Sequence[str | Path]
+    out_dir: Path | None = None
+    split: str = "auto"
+    threshold: float | None = None
+    video_aggregation: str | None = None
+    options: ScoringOptions = field(default_factory=ScoringOptions)
+    plots: bool = True
+    force: bool = False
+
+    def check(self) -> None:
+        """Refuse bad options before any model is loaded or file read."""
+        from deepfake_detect.inference.aggregation import AGGREGATORS
+
+        if self.split not in SPLIT_CHOICES:
+            raise DataError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
+        if self.video_aggregation is not None and self.video_aggregation not in AGGREGATORS:
+            raise ConfigError(f"--video-aggregation {self.video_aggregation!r}: choose one of "
+                              f"{', '.join(sorted(AGGREGATORS))}")
+        self.model.check()
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` wrote: the metrics per dataset and the folder."""
+
+    results: dict[str, dict[str, Any]]
+    out_dir: Path
+
+
+def evaluate(request: EvaluateRequest) -> Evaluation:
+    """``deepfake-detect evaluate``: every dataset of the request scored by the predictor the
+    request names (one model or an ensemble; metrics.json then also holds each member's
+    metrics on the same samples), one sub-folder of the output folder per dataset.
+
+    The output folder must be new, empty or an earlier evaluate's folder, and hold none of the
+    inputs (a non-empty folder this tool did not write only with ``force``); it is locked
+    while the evaluation runs.
+    """
+    from deepfake_detect.data.dataset_videos import gather_samples
+    from deepfake_detect.data.sources import log_discovery
+    from deepfake_detect.runinfo import create_run_dir, write_run_info
+
+    request.check()
+    out_dir = request.out_dir or create_run_dir("runs", "evaluate")
+    data, split = list(request.data), request.split
+    predictor = request.model.load()
+    # --tta / --mc-dropout: a bad spec or a detector without dropout fails before any work.
+    # Without --tta, the views the recipe evaluates with (eval.tta).
+    options = request.options.with_default_tta(predictor.default_tta)
+    predictor.check(options)
+    threshold = predictor.threshold if request.threshold is None else request.threshold
+    aggregation = request.video_aggregation or predictor.default_aggregation
+    inputs = [*request.model.inputs, *data]
+    # claimed before anything is written: new, empty, or an earlier evaluate's; never an input
+    with owned_folder(out_dir, "evaluate", inputs=inputs, force=request.force):
+        config, checkpoint = predictor.run_record()
+        write_run_info(
+            out_dir, config, checkpoint=checkpoint, data=[str(d) for d in data], split=split,
+            threshold=threshold, video_aggregation=aggregation, tool_command="evaluate",
+        )
+        results: dict[str, dict[str, Any]] = {}
+        meta = predictor.meta
+        faces_cache, cache_root = _faces_cache(meta.experiment if meta else {}, out_dir)
+        for path in data:
+            # videos in dataset folders: face crops cut the way the model was trained, cached
+            gathered = gather_samples(
+                [path], prepare=predictor.prepare_settings(), faces_cache=faces_cache,
+                cache_root=cache_root, progress=options.progress,
+            )
+            log_discovery(gathered.found)
+            samples = gathered.samples
+            name = safe_name(samples[0].dataset if samples else Path(path).stem, fallback="data")
+            if name in results:
+                name = f"{name}_{len(results)}"
+            chosen = select_split(samples, split, name)
+            # videos of the chosen split(s) that gave no face crop count as skipped inputs
+            splits = {s.split for s in chosen}
+            video_split = {str(v.path): v.split for v in gathered.found.videos}
+            left_out = [
+                (p, r) for p, r in gathered.skipped
+                if p in video_split and (split == "all" or video_split[p] in splits)
+            ]
+            results[name] = evaluate_samples(
+                predictor, chosen, inside(out_dir, name), threshold=threshold,
+                video_aggregation=aggregation, plots=request.plots, name=name,
+                left_out=left_out, options=options,
+            )
+        summary = {
+            name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
+                   "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
+                   "skipped": m["skipped"]}
+            for name, m in results.items()
+        }
+        atomic_write(out_dir / "summary.json", json.dumps(metrics_to_json(summary), indent=2))
+        return Evaluation(results, out_dir)
 
 
 def evaluate_checkpoint(
@@ -316,94 +411,23 @@ def evaluate_checkpoint(
     weights: str | Sequence[float] | None = None,
     force: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate a checkpoint on each dataset path; one sub-folder of ``out_dir`` per dataset.
+    """:func:`evaluate` with the request given option by option (the older form): the
+    metrics per dataset. ``checkpoint`` (with ``config``, ``ensemble``, ``weights``) is the
+    request's :class:`ModelSource`; the scoring knobs its :class:`ScoringOptions`."""
+    request = EvaluateRequest(
+        model=ModelSource(checkpoint, config, ensemble, weights), data=data, out_dir=out_dir,
+        split=split, threshold=threshold, video_aggregation=video_aggregation, plots=plots,
+        force=force,
+        options=ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                               tta=tta, mc_dropout=mc_dropout, progress=progress),
+    )
+    return evaluate(request).results
 
-    With ``config`` (a YAML with the model section) ``checkpoint`` may be any weights file that
-    detector reads, e.g. an official release. Several checkpoints, or an ensemble file, are
-    evaluated as one ensemble (``ensemble``: soft, hard or logits; ``weights`` per checkpoint;
-    see :mod:`deepfake_detect.inference.ensemble`); metrics.json then also holds each member's
-    metrics on the same samples.
 
-    ``out_dir`` must be new, empty or an earlier evaluate's folder, and hold none of the inputs
-    (a non-empty folder this tool did not write only with ``force``); it is locked while the
-    evaluation runs.
-    """
-    from deepfake_detect.data.dataset_videos import gather_samples
-    from deepfake_detect.data.sources import log_discovery
-    from deepfake_detect.inference.aggregation import AGGREGATORS
-    from deepfake_detect.inference.media_scoring import prepare_settings
-    from deepfake_detect.inference.scoring import check_loader_options
-    from deepfake_detect.runinfo import write_run_info
-
-    if split not in SPLIT_CHOICES:
-        raise DataError(f"--split {split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
-    if video_aggregation is not None and video_aggregation not in AGGREGATORS:
-        raise ConfigError(f"--video-aggregation {video_aggregation!r}: choose one of "
-                          f"{', '.join(sorted(AGGREGATORS))}")
-    check_loader_options(batch_size, num_workers, device)
-    detector = load_model(checkpoint, config, ensemble, weights)
-    is_ensemble = isinstance(detector, Ensemble)
-    # --tta / --mc-dropout (see evaluate_samples): a bad spec or a detector without dropout
-    # fails before any work. Without --tta, the views the recipe evaluates with (eval.tta).
-    if tta is None and not is_ensemble:
-        tta = detector.checkpoint_meta.eval_settings.get("tta")
-    tta = check_scoring_options(detector, tta, mc_dropout)
-    meta = detector.checkpoint_meta
-    chosen_threshold = detector.threshold if threshold is None else threshold
-    aggregation = video_aggregation or meta.eval_settings.get("video_aggregation", "mean")
-    inputs = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    inputs += [*data, *([config] if config else [])]
-    # claimed before anything is written: new, empty, or an earlier evaluate's; never an input
-    with owned_folder(out_dir, "evaluate", inputs=inputs, force=force):
-        if is_ensemble:
-            write_run_info(
-                out_dir, {"ensemble": detector.config().model_dump(mode="json")},
-                checkpoint=[m.checkpoint for m in detector.members], data=[str(d) for d in data],
-                split=split, threshold=chosen_threshold, video_aggregation=aggregation,
-                tool_command="evaluate",
-            )
-        else:
-            write_run_info(
-                out_dir, meta.experiment or None,
-                checkpoint=str(checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]),
-                data=[str(d) for d in data], split=split, threshold=chosen_threshold,
-                video_aggregation=aggregation, tool_command="evaluate",
-            )
-        results: dict[str, dict[str, Any]] = {}
-        faces_cache, cache_root = _faces_cache(meta.experiment, out_dir)
-        for path in data:
-            # videos in dataset folders: face crops cut the way the model was trained, cached
-            gathered = gather_samples(
-                [path], prepare=prepare_settings(detector), faces_cache=faces_cache,
-                cache_root=cache_root, progress=progress,
-            )
-            log_discovery(gathered.found)
-            samples = gathered.samples
-            name = safe_name(samples[0].dataset if samples else Path(path).stem, fallback="data")
-            if name in results:
-                name = f"{name}_{len(results)}"
-            chosen = select_split(samples, split, name)
-            # videos of the chosen split(s) that gave no face crop count as skipped inputs
-            splits = {s.split for s in chosen}
-            video_split = {str(v.path): v.split for v in gathered.found.videos}
-            left_out = [
-                (p, r) for p, r in gathered.skipped
-                if p in video_split and (split == "all" or video_split[p] in splits)
-            ]
-            results[name] = evaluate_samples(
-                detector, chosen, inside(out_dir, name), threshold=chosen_threshold,
-                video_aggregation=aggregation, batch_size=batch_size, num_workers=num_workers,
-                device=device, plots=plots, progress=progress, name=name,
-                left_out=left_out, tta=tta, mc_dropout=mc_dropout,
-            )
-        summary = {
-            name: {"frame": m["frame"] and {k: m["frame"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n")},
-                   "video": {k: m["video"][k] for k in ("auc", "eer", "ap", "acc", "macro_f1", "n_videos")},
-                   "skipped": m["skipped"]}
-            for name, m in results.items()
-        }
-        atomic_write(out_dir / "summary.json", json.dumps(metrics_to_json(summary), indent=2))
-        return results
+__all__ = [
+    "CLASS_NAMES", "SPLIT_CHOICES", "EvaluateRequest", "Evaluation", "evaluate",
+    "evaluate_checkpoint", "evaluate_samples", "select_split", "summary_rows",
+]
 
 
 def _faces_cache(experiment: dict[str, Any], out_dir: Path) -> tuple[Path | None, Path]:

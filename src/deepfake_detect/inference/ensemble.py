@@ -25,7 +25,7 @@ Weights are given (``--weights`` or the ensemble file) or fitted on validation d
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember
+from deepfake_detect.config.schema import EnsembleConfig, EnsembleMember, PrepareConfig
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.outputs import atomic_write
 from deepfake_detect.inference.decisions import predict_labels
-from deepfake_detect.inference.scoring import Scores, score_files
-from deepfake_detect.inference.tta import TTASpec, parse_tta
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import (
+    CropScores,
+    LoadedModel,
+    Output,
+    Predictor,
+    Scores,
+    VideoScores,
+    as_predictor,
+)
+from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.checkpoint_meta import CheckpointMeta
 from deepfake_detect.models.detector import Detector
 
@@ -49,18 +58,27 @@ _EPS = 1e-7
 
 @dataclass
 class Member:
+    """One checkpoint of an ensemble: its short name, path, loaded model and weight."""
+
     name: str
     checkpoint: str
-    detector: Detector
+    model: LoadedModel
     weight: float
     config: str | None = None
+
+    def __post_init__(self) -> None:
+        self.model = as_predictor(self.model)  # a bare detector module is wrapped
+
+    @property
+    def detector(self) -> Detector:
+        """The member's detector module."""
+        return self.model.module
 
 
 @dataclass
 class EnsembleScores(Scores):
-    """:class:`Scores` of the ensemble plus each member's P(fake), shape (members, inputs)."""
-
-    members: np.ndarray | None = None
+    """:class:`Scores` of the ensemble: ``members`` holds each member's P(fake), shape
+    (members, inputs), and ``std`` their spread."""
 
 
 def is_ensemble_file(path: str | Path) -> bool:
@@ -221,7 +239,11 @@ def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float] | N
 
 
 class Ensemble:
-    """Several image detectors whose scores are combined (see the module docstring)."""
+    """Several image detectors whose scores are combined (see the module docstring); a
+    :class:`~deepfake_detect.inference.predictor.Predictor`."""
+
+    input_kind = "images"  # members are image detectors (video detectors are refused)
+    default_tta = None  # the members' recipes may differ: views only when asked for
 
     def __init__(
         self,
@@ -231,18 +253,16 @@ class Ensemble:
         temperature: float = 1.0,
         calibration: dict[str, Any] | None = None,
     ) -> None:
-        from deepfake_detect.inference.clip_scoring import is_sequence_detector
-
         if method not in ENSEMBLE_METHODS:
             raise ConfigError(f"ensemble method {method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
         if len(members) < 2:
             raise ConfigError("an ensemble needs two or more checkpoints")
         for m in members:
-            if is_sequence_detector(m.detector):
+            if m.model.input_kind != "images":
                 raise ConfigError(
-                    f"ensemble member {m.checkpoint}: the video detector "
-                    f"{m.detector.config.name!r} scores clips, not images; ensembles combine "
-                    "image detectors (evaluate it on its own)"
+                    f"ensemble member {m.checkpoint}: the video detector {m.model.name!r} "
+                    "scores clips, not images; ensembles combine image detectors (evaluate it "
+                    "on its own)"
                 )
         weights = np.asarray([m.weight for m in members], dtype=np.float64)
         if np.any(weights < 0) or weights.sum() <= 0:
@@ -257,12 +277,28 @@ class Ensemble:
     # The face pipeline (videos in dataset folders, raw videos to predict on) and the default
     # video aggregation come from the first member: the crops must be the same for all.
     @property
-    def primary(self) -> Detector:
-        return self.members[0].detector
+    def primary(self) -> LoadedModel:
+        return self.members[0].model
 
     @property
-    def checkpoint_meta(self) -> CheckpointMeta:
-        return self.primary.checkpoint_meta
+    def meta(self) -> CheckpointMeta | None:
+        return self.primary.meta
+
+    @property
+    def checkpoint_meta(self) -> CheckpointMeta | None:  # the older name of meta
+        return self.meta
+
+    @property
+    def default_aggregation(self) -> str:
+        return self.primary.default_aggregation
+
+    @property
+    def transform(self):
+        """The first member's image transform (each member reads with its own)."""
+        return self.primary.transform
+
+    def prepare_settings(self) -> PrepareConfig:
+        return self.primary.prepare_settings()
 
     def config(self) -> EnsembleConfig:
         return EnsembleConfig(
@@ -285,19 +321,24 @@ class Ensemble:
             "temperature": self.temperature,
             "members": [
                 {"name": m.name, "checkpoint": m.checkpoint, "config": m.config,
-                 "weight": float(w), "threshold": float(m.detector.threshold),
-                 "input_size": m.detector.input_size}
+                 "weight": float(w), "threshold": float(m.model.threshold),
+                 "input_size": m.model.input_size}
                 for m, w in zip(self.members, self.weights)
             ],
         }
 
+    def run_record(self) -> tuple[dict[str, Any] | None, list[str]]:
+        return ({"ensemble": self.config().model_dump(mode="json")},
+                [m.checkpoint for m in self.members])
+
     # -- combining ---------------------------------------------------------------------------
-    def member_output(self, detector: Detector) -> Callable[[torch.Tensor], torch.Tensor]:
+    def member_output(self, model: LoadedModel | Detector) -> Output:
         """What each member contributes per input: its fake logit over its temperature for
         ``logits``, its P(fake) otherwise (a TTA spec averages this value over the views)."""
+        model = as_predictor(model)
         if self.method == "logits":
-            return lambda logits: detector.fake_logit(logits.float()) / detector.temperature
-        return detector.probabilities
+            return lambda logits: model.fake_logit(logits.float()) / model.temperature
+        return model.probabilities
 
     def member_probabilities(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
@@ -315,7 +356,7 @@ class Ensemble:
             z = (w * values).sum(0) / self.temperature
             return np.exp(-np.logaddexp(0.0, -z))
         votes = np.stack([
-            predict_labels(np.nan_to_num(v), m.detector.threshold)
+            predict_labels(np.nan_to_num(v), m.model.threshold)
             for v, m in zip(values, self.members)
         ]).astype(np.float64)
         votes[np.isnan(values)] = np.nan
@@ -325,8 +366,65 @@ class Ensemble:
         """Standard deviation of the members' P(fake) per input."""
         return np.std(self.member_probabilities(values), axis=0, ddof=1)
 
-    # -- scoring -----------------------------------------------------------------------------
+    # -- scoring (the Predictor protocol) ------------------------------------------------------
+    def check(self, options: ScoringOptions) -> None:
+        """Monte-Carlo dropout is refused: an ensemble's ``score_std`` is already the spread
+        of its members' scores. TTA applies to every member."""
+        if options.mc_dropout:
+            raise ConfigError(
+                "--mc-dropout with an ensemble: leave it out; an ensemble's score_std is already "
+                "the spread of its members' scores"
+            )
+
+    def place(self, device: Any) -> None:
+        """Every member on ``device`` (face crops are scored by all members in turn)."""
+        for m in self.members:
+            m.model.place(device)
+
     def member_values(
+        self, samples: Sequence[Any], options: ScoringOptions, description: str = "scoring"
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """(members, inputs) values of :meth:`member_output` (NaN where unreadable) and the
+        errors. Each member reads the inputs with its own transform; only one member is on
+        the device at a time."""
+        self.check(options)
+        values = np.full((len(self.members), len(samples)), np.nan, dtype=np.float64)
+        errors: dict[int, str] = {}
+        for i, m in enumerate(self.members):
+            result = m.model.score_images(samples, options, f"{description} [{m.name}]",
+                                          output=self.member_output(m.model))
+            values[i] = result.scores
+            for index, reason in result.errors.items():
+                errors.setdefault(index, reason)
+            m.model.release()  # one member on the device at a time
+        return values, errors
+
+    def score_images(self, samples: Sequence[Any], options: ScoringOptions,
+                     description: str = "scoring") -> EnsembleScores:
+        """``scores`` the ensemble score, ``std`` the members' disagreement, ``members`` each
+        member's P(fake). An input that any member could not read gets NaN."""
+        values, errors = self.member_values(samples, options, description)
+        bad = np.isnan(values).any(axis=0)
+        scores = self.combine(np.where(bad, 0.0, values))
+        std = self.disagreement(np.where(bad, 0.0, values))
+        scores[bad], std[bad] = np.nan, np.nan
+        members = self.member_probabilities(values)
+        return EnsembleScores(scores=scores, errors=errors, std=std, members=members)
+
+    def score_clips(self, samples: Sequence[Any], options: ScoringOptions,
+                    description: str = "scoring clips") -> VideoScores:
+        raise ConfigError("an ensemble combines image detectors; it does not score clips")
+
+    def score_crops(self, crops: list[np.ndarray], options: ScoringOptions) -> CropScores:
+        """Every member scores the same crops (cut with the first member's face settings),
+        each with its own transform; the per-crop spread is the members' disagreement."""
+        self.check(options)
+        values = np.stack([m.model.crop_values(crops, options, self.member_output(m.model))
+                           for m in self.members])
+        members = self.member_probabilities(values)
+        return CropScores(self.combine(values), members.std(axis=0, ddof=1), members)
+
+    def score_files(
         self,
         samples: Sequence[Any],
         batch_size: int = 64,
@@ -335,55 +433,22 @@ class Ensemble:
         progress: bool = True,
         description: str = "scoring",
         tta: TTASpec | str | None = None,
-    ) -> tuple[np.ndarray, dict[int, str]]:
-        """(members, inputs) values of :meth:`member_output` (NaN where unreadable) and the errors."""
-        spec = parse_tta(tta)
-        values = np.full((len(self.members), len(samples)), np.nan, dtype=np.float64)
-        errors: dict[int, str] = {}
-        for i, m in enumerate(self.members):
-            result = score_files(
-                m.detector, samples, batch_size=batch_size, num_workers=num_workers,
-                device=device, progress=progress, description=f"{description} [{m.name}]",
-                output=self.member_output(m.detector), tta=spec,
-            )
-            values[i] = result.scores
-            for index, reason in result.errors.items():
-                errors.setdefault(index, reason)
-            m.detector.to("cpu")  # one member on the device at a time
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        return values, errors
-
-    def score_files(self, samples: Sequence[Any], **kwargs: Any) -> EnsembleScores:
-        """Like :func:`~deepfake_detect.inference.scoring.score_files` for the ensemble:
-        ``scores`` the ensemble score, ``std`` the members' disagreement, ``members`` each
-        member's P(fake). An input that any member could not read gets NaN."""
-        values, errors = self.member_values(samples, **kwargs)
-        bad = np.isnan(values).any(axis=0)
-        scores = self.combine(np.where(bad, 0.0, values))
-        std = self.disagreement(np.where(bad, 0.0, values))
-        scores[bad], std[bad] = np.nan, np.nan
-        members = self.member_probabilities(values)
-        return EnsembleScores(scores=scores, errors=errors, std=std, members=members)
+    ) -> EnsembleScores:
+        """:meth:`score_images` with the options given one by one (the older form)."""
+        options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                                 tta=tta, progress=progress)
+        return self.score_images(samples, options, description)
 
 
 def check_scoring_options(
-    model: Detector | Ensemble, tta: TTASpec | str | None, mc_dropout: int
+    model: Predictor | Detector, tta: TTASpec | str | None, mc_dropout: int
 ) -> TTASpec | None:
-    """Parse ``tta`` and check ``mc_dropout`` for ``model`` before any input is read: a bad
-    spec, a detector without dropout, or Monte-Carlo dropout asked of an ensemble (whose
-    ``score_std`` is already its members' spread) raise :class:`ConfigError`."""
-    from deepfake_detect.inference.tta import check_mc_dropout
-
-    spec = parse_tta(tta)
-    if mc_dropout and isinstance(model, Ensemble):
-        raise ConfigError(
-            "--mc-dropout with an ensemble: leave it out; an ensemble's score_std is already "
-            "the spread of its members' scores"
-        )
-    if mc_dropout:
-        check_mc_dropout(model, mc_dropout)
-    return spec
+    """Parse ``tta`` and check ``mc_dropout`` for ``model`` before any input is read (the
+    older form of ``ScoringOptions`` + :meth:`Predictor.check`): a bad spec, a detector without
+    dropout, or Monte-Carlo dropout asked of an ensemble raise :class:`ConfigError`."""
+    options = ScoringOptions(tta=tta, mc_dropout=mc_dropout)
+    as_predictor(model).check(options)
+    return options.tta
 
 
 def load_ensemble(
@@ -398,8 +463,6 @@ def load_ensemble(
     ``method`` / ``weights`` override the file's; ``config`` (a model YAML) applies to every
     checkpoint given directly (members needing different configs go in an ensemble file).
     """
-    from deepfake_detect.models.checkpoint import load_detector
-
     calibration = None
     temperature = 1.0
     if len(checkpoints) == 1 and is_ensemble_file(checkpoints[0]):
@@ -429,29 +492,68 @@ def load_ensemble(
     names = _member_names([c for c, _, _ in entries])
     members = []
     for name, (ckpt, cfg_path, weight) in zip(names, entries):
-        detector = load_detector(ckpt, cfg_path)
-        members.append(Member(name, str(ckpt), detector, float(weight),
-                               None if cfg_path is None else str(cfg_path)))
+        members.append(Member(name, str(ckpt), LoadedModel.load(ckpt, cfg_path), float(weight),
+                              None if cfg_path is None else str(cfg_path)))
     return Ensemble(members, method, threshold, temperature, calibration)
 
 
-def load_model(
+@dataclass
+class ModelSource:
+    """What ``--checkpoint`` (repeatable), ``--config``, ``--ensemble`` and ``--weights`` name:
+    one checkpoint, or an ensemble (several checkpoints, or one ensemble file). Which of the
+    two is decided here, once, from the paths (:attr:`kind`); :meth:`load` gives the
+    :class:`~deepfake_detect.inference.predictor.Predictor`."""
+
+    checkpoints: Sequence[str | Path] | str | Path
+    config: str | Path | None = None
+    method: str | None = None  # ensemble voting: soft, hard, logits
+    weights: str | Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        given = self.checkpoints
+        self.checkpoints = [Path(given)] if isinstance(given, (str, Path)) else [Path(c) for c in given]
+
+    @property
+    def kind(self) -> str:
+        """``ensemble`` (several checkpoints, or an ensemble file) or ``model``."""
+        paths = self.checkpoints
+        return "ensemble" if len(paths) > 1 or (paths and is_ensemble_file(paths[0])) else "model"
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files read (for output claims: an output never replaces one of them)."""
+        return [*self.checkpoints, *([Path(self.config)] if self.config else [])]
+
+    def check(self) -> None:
+        """Refuse, before anything is loaded, options that do not fit what is named."""
+        if not self.checkpoints:
+            raise ConfigError("give a --checkpoint")
+        if self.kind == "model" and (self.method is not None or self.weights is not None):
+            raise ConfigError(
+                "--ensemble / --weights need several --checkpoint options (or an ensemble file)"
+            )
+        if self.method is not None and self.method not in ENSEMBLE_METHODS:
+            raise ConfigError(
+                f"--ensemble {self.method!r}: choose one of {', '.join(ENSEMBLE_METHODS)}")
+        if len(self.checkpoints) > 1:
+            parse_weights(self.weights, len(self.checkpoints))
+
+    def load(self) -> Predictor:
+        self.check()
+        if self.kind == "model":
+            return LoadedModel.load(self.checkpoints[0], self.config)
+        return load_ensemble(self.checkpoints, self.method, self.weights, self.config)
+
+
+def load_predictor(
     checkpoints: str | Path | Sequence[str | Path],
     config: str | Path | None = None,
     method: str | None = None,
     weights: str | Sequence[float] | None = None,
-) -> Detector | Ensemble:
-    """What ``--checkpoint`` names: one detector, or an ensemble (several checkpoints, or an
-    ensemble file)."""
-    from deepfake_detect.models.checkpoint import load_detector
+) -> Predictor:
+    """What ``--checkpoint`` names, ready to score: a :class:`LoadedModel`, or an
+    :class:`Ensemble` (several checkpoints, or an ensemble file)."""
+    return ModelSource(checkpoints, config, method, weights).load()
 
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    if not paths:
-        raise ConfigError("give a --checkpoint")
-    if len(paths) == 1 and not is_ensemble_file(paths[0]):
-        if method is not None or weights is not None:
-            raise ConfigError(
-                "--ensemble / --weights need several --checkpoint options (or an ensemble file)"
-            )
-        return load_detector(paths[0], config)
-    return load_ensemble(paths, method, weights, config)
+
+load_model = load_predictor  # the older name

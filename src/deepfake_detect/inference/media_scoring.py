@@ -7,8 +7,9 @@ on; which faces are scored (``select``) may be chosen apart from that. A file in
 is found gets a status saying so and no score.
 
 Test-time augmentation and Monte-Carlo dropout (:mod:`deepfake_detect.inference.tta`) work on
-the face crops exactly as for face-crop images (``score_files``): each face's score is the mean
-over the views and/or the dropout passes. With Monte-Carlo dropout the file score's spread is
+the face crops exactly as for face-crop images (the same forward step,
+:func:`~deepfake_detect.inference.predictor.score_batch`): each face's score is the mean over
+the views and/or the dropout passes. With Monte-Carlo dropout the file score's spread is
 the standard deviation over the passes of the file's aggregated score (see
 :meth:`MediaScorer.score`).
 """
@@ -20,21 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data.faces.base import FaceDetector
 from deepfake_detect.data.faces.cascade import build_face_finder
 from deepfake_detect.data.faces.pipeline import FacePipeline
-from deepfake_detect.data.transforms import build_transform
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.inference.aggregation import AGGREGATORS
-from deepfake_detect.inference.scoring import autocast_for, pick_device
-from deepfake_detect.inference.tta import (
-    TTASpec,
-    mc_dropout_passes,
-    tta_probabilities,
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import (
+    CropScores,
+    Predictor,
+    as_predictor,
+    prepare_settings,
 )
+from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 
 
@@ -61,13 +62,6 @@ class MediaResult:
     score_std: float | None = None
 
 
-def prepare_settings(detector: Detector) -> PrepareConfig:
-    """The face pipeline a checkpoint was trained with (defaults for checkpoints without one)."""
-    meta = getattr(detector, "checkpoint_meta", None)  # None: a module not read from a file
-    stored = meta.prepare if meta is not None else None
-    return PrepareConfig.model_validate(stored) if stored else PrepareConfig()
-
-
 SELECTIONS = ("all", "largest", "relative")
 
 
@@ -81,14 +75,16 @@ def with_selection(settings: PrepareConfig, select: str | None) -> PrepareConfig
 
 
 class MediaScorer:
-    """Holds the classifier, the face detector and the transform; scores one file at a time.
+    """Holds the predictor, the face pipeline and the options; scores one file at a time.
 
-    ``tta``: a view spec (``--tta``) averaged per face; ``mc_dropout`` >= 2: that many passes
-    with dropout on, a ``score_std`` per face and per file; ``seed`` seeds the passes (each
-    chunk of a file's crops with ``seed`` + the index of its first crop, as ``score_files``
-    does per batch), so a file gets the same scores every time for the same ``batch_size``.
-    A bad spec or a detector without dropout raises :class:`ConfigError` here, before any
-    file is read or the face detector is loaded.
+    ``predictor``: a :class:`~deepfake_detect.inference.predictor.Predictor` (one model or an
+    ensemble, whose members all score the same crops) or a detector module. ``options``: how
+    the crops are scored (:class:`ScoringOptions`); without it, made from ``batch_size``,
+    ``device``, ``tta``, ``mc_dropout`` and ``seed`` (the older form). With Monte-Carlo
+    dropout each chunk of a file's crops is seeded with the seed + the index of its first
+    crop, so a file gets the same scores every time for the same batch size. A bad spec or a
+    detector without dropout raises :class:`ConfigError` here, before any file is read or the
+    face detector is loaded.
 
     Faces are found and cut by the :class:`~deepfake_detect.data.faces.pipeline.FacePipeline`
     with ``settings`` (default: the checkpoint's, :func:`prepare_settings`); ``select``
@@ -97,7 +93,7 @@ class MediaScorer:
 
     def __init__(
         self,
-        detector: Detector,
+        predictor: Predictor | Detector,
         settings: PrepareConfig | None = None,
         aggregation: str = "mean",
         batch_size: int = 64,
@@ -107,29 +103,22 @@ class MediaScorer:
         mc_dropout: int = 0,
         seed: int = 0,
         select: str | None = None,
+        *,
+        options: ScoringOptions | None = None,
     ):
         if aggregation not in AGGREGATORS:
             raise ConfigError(
                 f"unknown aggregation {aggregation!r}; choose one of {', '.join(sorted(AGGREGATORS))}"
             )
-        from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
-
-        self.tta = check_scoring_options(detector, tta, mc_dropout)
-        # An ensemble: every member scores the same crops (cut with the first member's face
-        # settings), each with its own transform; all members stay on the device.
-        self.ensemble = detector if isinstance(detector, Ensemble) else None
-        self.mc_dropout = int(mc_dropout)
-        self.seed = seed
-        self.settings = with_selection(settings or prepare_settings(detector), select)
-        self.device = pick_device(device)
-        if self.ensemble is not None:
-            self.members = [
-                (m.detector.to(self.device).eval(), build_transform(m.detector.preprocessing()),
-                 self.ensemble.member_output(m.detector))
-                for m in self.ensemble.members
-            ]
-            detector = self.ensemble.primary
-        self.detector = detector.to(self.device).eval()
+        if options is None:
+            options = ScoringOptions(batch_size=batch_size, num_workers=0, device=device, tta=tta,
+                                     mc_dropout=mc_dropout, seed=seed)
+        self.predictor = as_predictor(predictor)
+        self.predictor.check(options)
+        self.options = options
+        self.settings = with_selection(settings or self.predictor.prepare_settings(), select)
+        self.device = options.device
+        self.predictor.place(self.device)
         if self.settings.detect.device == "auto" and self.device.type == "cpu":
             # a user who asked for the CPU gets the face detector there too
             self.settings = self.settings.model_copy(
@@ -137,39 +126,16 @@ class MediaScorer:
             )
         self.faces = face_detector or build_face_finder(self.settings.detect, self.settings.crop)
         self.pipeline = FacePipeline(self.settings, self.faces)
-        self.transform = build_transform(detector.preprocessing())
         self.aggregation = aggregation
-        self.batch_size = batch_size
 
-    def _member_values(self, crops: list[np.ndarray]) -> np.ndarray:
-        """An ensemble's member values per crop, ``(members, F)``."""
-        return np.stack([self._classify(crops, *member) for member in self.members])
+    @property
+    def transform(self):
+        """The transform of one crop (an ensemble: its first member's)."""
+        return self.predictor.transform
 
-    @torch.inference_mode()
-    def _classify(self, crops: list[np.ndarray], detector: Detector | None = None,
-                  transform=None, output=None) -> np.ndarray:
-        """P(fake) (or ``output`` of the logits) per crop, ``(F,)``; with MC dropout one row
-        per pass, ``(n, F)``. Default: the scorer's own detector and transform."""
-        detector = detector or self.detector
-        transform = transform or self.transform
-        output = output or detector.probabilities
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            x = torch.stack([transform(c) for c in crops[start : start + self.batch_size]])
-            x = x.to(self.device, non_blocking=True)
-            with autocast_for(self.device):
-                if self.mc_dropout:
-                    values = mc_dropout_passes(
-                        detector, x, self.mc_dropout, self.tta, output, max_batch=self.batch_size,
-                        seed=self.seed + start,
-                    )
-                elif self.tta is not None:
-                    values = tta_probabilities(detector, x, self.tta, output,
-                                               max_batch=self.batch_size)
-                else:
-                    values = output(detector(x).float())
-            out.append(values.float().cpu().numpy())
-        return np.concatenate(out, axis=-1).astype(np.float64)
+    def _classify(self, crops: list[np.ndarray]) -> CropScores:
+        """The scores of one file's face crops (:meth:`Predictor.score_crops`)."""
+        return self.predictor.score_crops(crops, self.options)
 
     def score(self, path: str | Path) -> MediaResult:
         """Find, crop and score the faces of one file and aggregate them into its score.
@@ -209,22 +175,13 @@ class MediaScorer:
             return MediaResult(str(path), None, n_frames, 0, f"no_face: no face found in the {what}", notes)
         frame_ids = np.asarray([str(w[0]) for w in where], dtype=object)
         aggregate = AGGREGATORS[self.aggregation]
-        if self.ensemble is not None:
-            # score_std of an ensemble: the spread of its members' file scores
-            values = self._member_values(crops)
-            scores = self.ensemble.combine(values)
-            members = self.ensemble.member_probabilities(values)
-            stds = members.std(axis=0, ddof=1).tolist()
-            file_std = float(np.std([aggregate(p, frame_ids) for p in members], ddof=1))
-            values = scores
-        else:
-            values = self._classify(crops)
-            scores, stds, file_std = values, [None] * len(crops), None
-        if self.mc_dropout:
-            scores = values.mean(axis=0)
-            stds = values.std(axis=0, ddof=1).tolist()
-            per_pass = np.asarray([aggregate(p, frame_ids) for p in values])
-            file_std = float(per_pass.std(ddof=1))
+        result = self._classify(crops)
+        scores = result.scores
+        stds = [None] * len(crops) if result.std is None else result.std.tolist()
+        file_std = None
+        if result.replicates is not None:
+            # the spread of the file score: over the dropout passes, or the ensemble's members
+            file_std = float(np.std([aggregate(r, frame_ids) for r in result.replicates], ddof=1))
         score = aggregate(scores, frame_ids)
         per_face = [
             FaceScore(frame=f, face=t, time=round(when, 3), box=box, score=float(s), score_std=sd)
@@ -235,11 +192,14 @@ class MediaScorer:
 
 
 def score_media(
-    scorer: MediaScorer, files: Sequence[Path], progress: bool = True
+    scorer: MediaScorer, files: Sequence[Path], progress: bool | None = None
 ) -> list[MediaResult]:
+    """Every file in turn (``progress`` None: as the scorer's options say)."""
     from rich.console import Console
     from rich.progress import Progress
 
+    if progress is None:
+        progress = scorer.options.progress
     results = []
     # on standard error: predict may be writing its CSV to standard output
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
@@ -248,3 +208,9 @@ def score_media(
             results.append(scorer.score(path))
             bar.advance(task)
     return results
+
+
+__all__ = [
+    "SELECTIONS", "FaceScore", "MediaResult", "MediaScorer", "prepare_settings", "score_media",
+    "with_selection",
+]

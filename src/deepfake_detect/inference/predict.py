@@ -11,23 +11,24 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from deepfake_detect.data.media_inputs import MEDIA_EXTENSIONS
 from deepfake_detect.data.sources import file_problem, is_image_file, walk_files
 from deepfake_detect.data.video import is_video_file
+from deepfake_detect.errors import ConfigError
 from deepfake_detect.inference.decisions import predict_labels
-from deepfake_detect.inference.scoring import check_loader_options, score_files
-from deepfake_detect.inference.tta import TTASpec, check_mc_dropout, parse_tta
+from deepfake_detect.inference.ensemble import ModelSource
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import Predictor, as_predictor
+from deepfake_detect.inference.scoring import score_files  # noqa: F401 - the older import path
+from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 from deepfake_detect.outputs import atomic_open, atomic_write
-
-if TYPE_CHECKING:
-    from deepfake_detect.inference.ensemble import Ensemble
 
 
 @dataclass
@@ -95,73 +96,86 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Predi
     return files, errors
 
 
-def predict_files(
-    detector: Detector | Ensemble,
-    inputs: Sequence[str | Path],
-    threshold: float = 0.5,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    detect_faces: bool | None = None,
-    aggregation: str = "mean",
-    per_face: list | None = None,
-    tta: TTASpec | str | None = None,
-    mc_dropout: int = 0,
-    *,
-    crops: bool = False,
-    select: str | None = "all",
-) -> list[Prediction]:
-    """Score every input; ``per_face`` (a list) receives one row per scored face.
+FORMATS = ("csv", "submission")
 
-    Photos and videos go through the face pipeline with the checkpoint's face settings (crop
-    geometry), scoring the faces ``select`` picks: ``all`` (default: a swapped face next to a
-    real one is never skipped), ``largest``, ``relative``, or None for the checkpoint's own
-    selection. The file score is ``aggregation`` over its faces (and frames). With ``crops``
-    image files are face crops already and are scored as they are (videos are always cut
-    into faces). ``detect_faces`` is the older spelling: True is the default, False is
-    ``crops=True``.
 
-    ``tta`` / ``mc_dropout`` (see :func:`score_files`) apply to face-crop images and, through
-    :class:`MediaScorer`, to the face crops of videos and photos; with ``mc_dropout`` every
-    scored row gets ``score_std`` (for media files: the std over the passes of the aggregated
-    file score). A bad option, a bad spec or a detector without dropout raises
-    :class:`ConfigError` before any file is read.
-    """
-    from deepfake_detect.errors import ConfigError
+def resolve_crops(crops: bool, detect_faces: bool | None) -> bool:
+    """Whether image files are face crops already: ``--crops``, or the older
+    ``--no-detect-faces`` (``--detect-faces`` is the default; with ``--crops`` it contradicts)."""
+    if detect_faces is None:
+        return bool(crops)
+    if detect_faces and crops:
+        raise ConfigError("--detect-faces and --crops contradict each other: choose one")
+    return bool(crops) or not detect_faces
+
+
+def _check_face_options(aggregation: str, select: str | None) -> None:
     from deepfake_detect.inference.aggregation import AGGREGATORS
-    from deepfake_detect.inference.ensemble import Ensemble, check_scoring_options
     from deepfake_detect.inference.media_scoring import SELECTIONS
 
-    # every option is checked before any file is read, even one only media files would use
     if aggregation not in AGGREGATORS:
         raise ConfigError(
             f"--aggregation {aggregation!r}: choose one of {', '.join(sorted(AGGREGATORS))}")
-    if detect_faces is not None:
-        if detect_faces and crops:
-            raise ConfigError("--detect-faces and --crops contradict each other: choose one")
-        crops = crops or not detect_faces
     if select is not None and select not in SELECTIONS:
         raise ConfigError(f"--select {select!r}: choose one of {', '.join(SELECTIONS)}")
-    check_loader_options(batch_size, num_workers, device)
-    tta = check_scoring_options(detector, tta, mc_dropout)
-    ensemble = detector if isinstance(detector, Ensemble) else None
+
+
+def predict_rows(
+    predictor: Predictor | Detector,
+    inputs: Sequence[str | Path],
+    options: ScoringOptions,
+    threshold: float | None = None,
+    *,
+    video_dirs: Sequence[str | Path] = (),
+    crops: bool = False,
+    select: str | None = "all",
+    aggregation: str = "mean",
+    per_face: list | None = None,
+) -> list[Prediction]:
+    """One row per input, whatever ``predictor`` is (one model or an ensemble).
+
+    The input kind is the predictor's (:attr:`Predictor.input_kind`): an image detector
+    scores face crops (``crops``: image files are crops already) and the faces that the face
+    pipeline finds in photos and videos (:func:`_predict_images`); a sequence detector scores
+    videos and ``video_dirs`` folders of one video's frames (:func:`_predict_clips`).
+    ``threshold`` None: the predictor's. Every option is checked before any file is read.
+    """
+    predictor = as_predictor(predictor)
+    chosen = predictor.threshold if threshold is None else float(threshold)
+    if predictor.input_kind == "clips":
+        return _predict_clips(predictor, inputs, video_dirs, options, chosen)
+    if video_dirs:
+        raise ConfigError(
+            "--video-dir needs a video detector (e.g. dual_stream); this checkpoint scores "
+            "single images: pass the folder as an input instead"
+        )
+    return _predict_images(predictor, inputs, options, chosen, crops=crops, select=select,
+                           aggregation=aggregation, per_face=per_face)
+
+
+def _predict_images(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    options: ScoringOptions,
+    threshold: float,
+    *,
+    crops: bool,
+    select: str | None,
+    aggregation: str,
+    per_face: list | None,
+) -> list[Prediction]:
+    """Face crops (with ``crops``) scored as they are; photos and videos through the face
+    pipeline (:class:`~deepfake_detect.inference.media_scoring.MediaScorer`)."""
+    # every option is checked before any file is read, even one only media files would use
+    _check_face_options(aggregation, select)
+    predictor.check(options)
     files, rows = collect_inputs(inputs)
     as_crops = [p for p in files if crops and not is_video_file(p) and is_image_file(p)]
     crop_set = set(as_crops)
     media = [p for p in files if p not in crop_set]
     by_file: dict[Path, Prediction] = {}
     if as_crops:
-        if ensemble is not None:
-            result = ensemble.score_files(
-                as_crops, batch_size=batch_size, num_workers=num_workers, device=device,
-                progress=progress, description="predicting", tta=tta,
-            )
-        else:
-            result = score_files(
-                detector, as_crops, batch_size=batch_size, num_workers=num_workers, device=device,
-                progress=progress, description="predicting", tta=tta, mc_dropout=mc_dropout,
-            )
+        result = predictor.score_images(as_crops, options, "predicting")
         labels = predict_labels(result.scores, threshold)
         for i, path in enumerate(as_crops):
             if i in result.errors:
@@ -174,9 +188,8 @@ def predict_files(
     if media:
         from deepfake_detect.inference.media_scoring import MediaScorer, score_media
 
-        scorer = MediaScorer(detector, aggregation=aggregation, batch_size=batch_size,
-                             device=device, tta=tta, mc_dropout=mc_dropout, select=select)
-        for res in score_media(scorer, media, progress=progress):
+        scorer = MediaScorer(predictor, aggregation=aggregation, select=select, options=options)
+        for res in score_media(scorer, media):
             label = None if res.score is None else int(predict_labels([res.score], threshold)[0])
             by_file[Path(res.filename)] = Prediction(
                 res.filename, label, res.score, res.error, res.frames, res.faces, res.score_std
@@ -187,37 +200,23 @@ def predict_files(
     return rows
 
 
-def predict_videos(
-    detector: Detector,
+def _predict_clips(
+    predictor: Predictor,
     inputs: Sequence[str | Path],
-    video_dirs: Sequence[str | Path] = (),
-    threshold: float = 0.5,
-    batch_size: int = 8,
-    num_workers: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    tta: TTASpec | str | None = None,
-    mc_dropout: int = 0,
+    video_dirs: Sequence[str | Path],
+    options: ScoringOptions,
+    threshold: float,
 ) -> list[Prediction]:
     """One row per video for a sequence detector: each ``video_dirs`` folder holds the face
     crops of one video; video files in ``inputs`` are cut into faces first, the way the
-    checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips.
-
-    ``tta`` / ``mc_dropout``: see :func:`~deepfake_detect.inference.clip_scoring.score_videos`; with
-    ``mc_dropout`` each scored row gets ``score_std``. A bad spec or a detector without
-    dropout raises :class:`ConfigError` before any video is read."""
+    checkpoint was trained. ``frames`` counts the frames, ``faces`` the scored clips."""
     import tempfile
 
     from deepfake_detect.data.prepare import prepare
     from deepfake_detect.data.video_clips import frames_folder_samples
     from deepfake_detect.errors import DeepfakeDetectError
-    from deepfake_detect.inference.clip_scoring import score_videos
-    from deepfake_detect.inference.media_scoring import prepare_settings
 
-    check_loader_options(batch_size, num_workers, device)
-    tta = parse_tta(tta)
-    if mc_dropout:
-        check_mc_dropout(detector, mc_dropout)
+    predictor.check(options)
     files, rows = collect_inputs(inputs)
     jobs: list[tuple[str, list]] = []  # (filename, frame samples)
     for folder in video_dirs:
@@ -232,7 +231,7 @@ def predict_videos(
                                        "give video files or --video-dir folders of frames"))
                 continue
             out = Path(tmp) / str(i)
-            report = prepare([path], out, prepare_settings(detector), progress=False)
+            report = prepare([path], out, predictor.prepare_settings(), progress=False)
             samples = _crops_of(report.manifest) if report.faces else []
             if samples:
                 jobs.append((str(path), samples))
@@ -240,9 +239,7 @@ def predict_videos(
                 reason = "; ".join(f"{k}: {n}" for k, n in report.failures.items()) or "no face found"
                 rows.append(Prediction(str(path), None, None, f"no_face: {reason}"))
         for filename, samples in jobs:
-            result = score_videos(detector, samples, batch_size=batch_size,
-                                  num_workers=num_workers, device=device, progress=progress,
-                                  tta=tta, mc_dropout=mc_dropout)
+            result = predictor.score_clips(samples, options)
             score = float(result.scores[0])
             if np.isnan(score):
                 error = next(iter(result.errors.values()), "no clip could be scored")
@@ -254,6 +251,179 @@ def predict_videos(
                 rows.append(Prediction(filename, label, score, "", len(samples),
                                        int(result.clips[0]), std))
     return rows
+
+
+def predict_files(
+    detector: Predictor | Detector,
+    inputs: Sequence[str | Path],
+    threshold: float = 0.5,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    detect_faces: bool | None = None,
+    aggregation: str = "mean",
+    per_face: list | None = None,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
+    *,
+    crops: bool = False,
+    select: str | None = "all",
+    options: ScoringOptions | None = None,
+) -> list[Prediction]:
+    """Score every input with an image detector or an ensemble; ``per_face`` (a list)
+    receives one row per scored face.
+
+    Photos and videos go through the face pipeline with the checkpoint's face settings (crop
+    geometry), scoring the faces ``select`` picks: ``all`` (default: a swapped face next to a
+    real one is never skipped), ``largest``, ``relative``, or None for the checkpoint's own
+    selection. The file score is ``aggregation`` over its faces (and frames). With ``crops``
+    image files are face crops already and are scored as they are (videos are always cut
+    into faces). ``detect_faces`` is the older spelling: True is the default, False is
+    ``crops=True``.
+
+    ``options`` (:class:`ScoringOptions`) says how inputs are scored; without it, it is made
+    from ``batch_size``, ``num_workers``, ``device``, ``progress``, ``tta`` and ``mc_dropout``
+    (the older form). With ``mc_dropout`` every scored row gets ``score_std`` (for media
+    files: the std over the passes of the aggregated file score). A bad option, a bad spec or
+    a detector without dropout raises :class:`ConfigError` before any file is read.
+    """
+    _check_face_options(aggregation, select)
+    crops = resolve_crops(crops, detect_faces)
+    if options is None:
+        options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                                 tta=tta, mc_dropout=mc_dropout, progress=progress)
+    return predict_rows(detector, inputs, options, threshold, crops=crops, select=select,
+                        aggregation=aggregation, per_face=per_face)
+
+
+def predict_videos(
+    detector: Predictor | Detector,
+    inputs: Sequence[str | Path],
+    video_dirs: Sequence[str | Path] = (),
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    tta: TTASpec | str | None = None,
+    mc_dropout: int = 0,
+    *,
+    options: ScoringOptions | None = None,
+) -> list[Prediction]:
+    """One row per video for a sequence detector (see :func:`_predict_clips`); the options as
+    for :func:`predict_files`. A bad spec or a detector without dropout raises
+    :class:`ConfigError` before any video is read."""
+    if options is None:
+        options = ScoringOptions(batch_size=batch_size, num_workers=num_workers, device=device,
+                                 tta=tta, mc_dropout=mc_dropout, progress=progress)
+    return _predict_clips(as_predictor(detector), inputs, video_dirs, options, float(threshold))
+
+
+# -- the predict command ----------------------------------------------------------------------
+
+
+@dataclass
+class PredictRequest:
+    """Everything ``deepfake-detect predict`` is asked to do (see :func:`predict`).
+
+    ``model``: what ``--checkpoint`` names; ``inputs``: files and folders; ``video_dirs``:
+    folders of one video's frames (a sequence detector); ``threshold`` None: the checkpoint's.
+    ``out`` / ``json_out`` / ``per_frame``: files to write (without ``out`` and ``json_out``
+    the CSV goes to standard output); ``format``: ``csv`` or ``submission`` (exactly
+    ``filename,label``, unscored files labelled ``fail_label``).
+    """
+
+    model: ModelSource
+    inputs: Sequence[Path] = ()
+    video_dirs: Sequence[Path] = ()
+    options: ScoringOptions = field(default_factory=ScoringOptions)
+    threshold: float | None = None
+    crops: bool = False
+    detect_faces: bool | None = None
+    select: str | None = "all"
+    aggregation: str = "mean"
+    out: Path | None = None
+    json_out: Path | None = None
+    per_frame: Path | None = None
+    format: str = "csv"
+    fail_label: int = 1
+    force: bool = False
+
+    def check(self) -> None:
+        """Refuse bad options before any output is claimed, model loaded or file read."""
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format {self.format!r}: must be csv or submission")
+        if not self.inputs and not self.video_dirs:
+            raise ConfigError("give files or folders to score (or --video-dir)")
+        if self.fail_label not in (0, 1):
+            raise ConfigError(f"--fail-label {self.fail_label!r}: must be 0 or 1")
+        _check_face_options(self.aggregation, self.select)
+        resolve_crops(self.crops, self.detect_faces)
+        self.model.check()
+
+    @property
+    def sources(self) -> list[Path]:
+        """Every path read: no output may replace one of them."""
+        return [*map(Path, self.inputs), *map(Path, self.video_dirs), *self.model.inputs]
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict` did: every row, the per-face rows, and for a submission the rows
+    labelled ``fail_label`` for want of a score."""
+
+    rows: list[Prediction]
+    per_face: list[dict]
+    threshold: float
+    unscored: list[Prediction] = field(default_factory=list)
+
+    @property
+    def shared_names(self) -> bool:
+        """Whether some inputs share a base name (ambiguous rows of a submission)."""
+        names = [Path(r.filename).name for r in self.rows]
+        return len(set(names)) < len(names)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status: ok, no_face, error."""
+        return {s: sum(1 for r in self.rows if r.status == s) for s in STATUSES}
+
+
+def predict(request: PredictRequest, stdout: TextIO | None = None) -> PredictReport:
+    """``deepfake-detect predict``: check the request, claim the output files (never an
+    input, never a file this tool did not write, unless ``force``), load the model, score
+    every input (:func:`predict_rows`) and write the CSV (to ``stdout``, default standard
+    output, when no file is named), JSON, submission and per-face files."""
+    import sys
+
+    from deepfake_detect.outputs import claim_file
+
+    request.check()
+    for option, target in (("--out", request.out), ("--json", request.json_out),
+                           ("--per-frame", request.per_frame)):
+        if target is not None:  # refused before any work: never an input, never a user's file
+            claim_file(target, inputs=request.sources, force=request.force, what=option)
+    predictor = request.model.load()
+    threshold = predictor.threshold if request.threshold is None else float(request.threshold)
+    faces: list[dict] = []
+    rows = predict_rows(
+        predictor, request.inputs, request.options, threshold, video_dirs=request.video_dirs,
+        crops=resolve_crops(request.crops, request.detect_faces), select=request.select,
+        aggregation=request.aggregation, per_face=faces,
+    )
+    report = PredictReport(rows, faces, threshold)
+    stdout = sys.stdout if stdout is None else stdout
+    if request.format == "submission":
+        report.unscored = write_submission(rows, request.out or stdout, request.fail_label)
+        if request.json_out is not None:
+            write_predictions(rows, None, request.json_out)
+    elif request.out is None and request.json_out is None:
+        write_predictions(rows, stdout)
+    else:
+        write_predictions(rows, request.out, request.json_out)
+    if request.per_frame is not None:
+        write_per_face(faces, request.per_frame)
+    return report
 
 
 def _crops_of(manifest: Path) -> list:

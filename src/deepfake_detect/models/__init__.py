@@ -2,9 +2,11 @@
 
 from deepfake_detect.models.checkpoint import (
     checkpoint_meta,
+    export_checkpoint,
     export_safetensors,
     load_checkpoint,
     load_detector,
+    load_model_parts,
 )
 from deepfake_detect.models.detector import Detector, FreezeConfig, ModelConfig
 from deepfake_detect.models.registry import (
@@ -31,12 +33,14 @@ __all__ = [
     "allow_safe_globals",
     "build_detector",
     "checkpoint_meta",
+    "export_checkpoint",
     "export_safetensors",
     "get_entry",
     "list_detectors",
     "load_checkpoint",
     "load_detector",
     "load_detector_weights",
+    "load_model_parts",
     "read_state_dict",
     "register_detector",
     "validate_model_config",

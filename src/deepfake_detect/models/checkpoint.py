@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +139,36 @@ def read_checkpoint(path: str | Path) -> tuple[CheckpointMeta, dict[str, torch.T
     return CheckpointMeta.read(meta, str(path)), state_dict
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", inference: bool = True
-) -> Detector:
-    """Rebuild the detector a checkpoint was saved from, load its weights, in eval mode.
+def load_model_parts(
+    path: str | Path,
+    config: str | Path | Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+    inference: bool = True,
+) -> tuple[Detector, CheckpointMeta]:
+    """The detector module stored in ``path`` (weights loaded, in eval mode, nothing attached
+    to it) and its typed meta: what the inference layer's ``LoadedModel`` is made of.
 
-    With ``inference`` the detector is also put in its fastest equivalent form
-    (:meth:`Detector.for_inference`, e.g. adapters merged into plain layers). The returned
-    detector has ``threshold`` (the decision threshold on P(fake) chosen in training) and
-    ``checkpoint_meta`` (the stored meta) attributes.
+    Without ``config`` the file must be this tool's checkpoint (either format) or a folder of
+    LoRA adapters it saved (the base weights it records are read); with ``config`` (an
+    experiment or model YAML, or a model mapping) any weights file that detector reads, e.g.
+    an official release. With ``inference`` the detector is put in its fastest equivalent form
+    (:meth:`Detector.for_inference`, e.g. adapters merged into plain layers) and the meta
+    describes it as it is now, so that an export of it rebuilds the same structure.
     """
+    if config is not None:
+        module, meta = _foreign_parts(path, config)
+    else:
+        from deepfake_detect.models.strategies import is_adapter_folder, read_adapter
+
+        if is_adapter_folder(path):
+            module, meta = read_adapter(path)
+        else:
+            module, meta = _checkpoint_parts(path, inference)
+    module.to(map_location)
+    return module.eval(), meta
+
+
+def _checkpoint_parts(path: str | Path, inference: bool) -> tuple[Detector, CheckpointMeta]:
     from deepfake_detect.models.registry import build_detector, validate_model_config
 
     path = Path(path)
@@ -176,39 +197,13 @@ def load_checkpoint(
 
         merge_lora(detector)
         detector = detector.for_inference()
-        # The meta describes the detector as it is now (e.g. merged), so that an export of it
-        # rebuilds the same structure.
         meta = meta.model_copy(update={"lora": None,
                                        "model": detector.config.model_dump(mode="json")})
-    return _ready(detector, meta, map_location, path)
+    return detector, meta
 
 
-def _ready(detector: Detector, meta: CheckpointMeta, map_location: str | torch.device,
-           source: str | Path | None = None) -> Detector:
-    detector.threshold = meta.threshold
-    detector.temperature = meta.temperature
-    detector.checkpoint_meta = meta
-    detector.to(map_location)
-    return detector.eval()
-
-
-def load_detector(
-    path: str | Path,
-    config: str | Path | Mapping[str, Any] | None = None,
-    map_location: str | torch.device = "cpu",
-) -> Detector:
-    """A detector ready for prediction from this tool's checkpoint, or, with ``config`` (an
-    experiment or model YAML, or a model mapping), from any weights file that detector reads
-    (e.g. an official release). Without ``config`` the file must be this tool's checkpoint, or
-    a folder of LoRA adapters it saved (the base weights it records are read).
-    """
-    if config is None:
-        from deepfake_detect.models.strategies import is_adapter_folder, load_adapter
-
-        if is_adapter_folder(path):
-            detector = load_adapter(path)
-            return _ready(detector, detector.checkpoint_meta, map_location, path)
-        return load_checkpoint(path, map_location)
+def _foreign_parts(path: str | Path,
+                   config: str | Path | Mapping[str, Any]) -> tuple[Detector, CheckpointMeta]:
     from deepfake_detect.models.registry import build_detector
 
     check_checkpoint_file(path)  # before the detector is built: a bad file fails fast
@@ -225,4 +220,77 @@ def load_detector(
     model_cfg.update({"pretrained": None, "weights": None, "allow_download": False})
     detector = build_detector(model_cfg, weights=Path(path)).for_inference()
     meta = checkpoint_meta(detector, experiment=experiment, source=str(path))
-    return _ready(detector, CheckpointMeta.read(meta, str(path)), map_location, path)
+    return detector, CheckpointMeta.read(meta, str(path))
+
+
+def attach_meta(detector: Detector, meta: CheckpointMeta) -> Detector:
+    """The older API's form of a loaded model: ``threshold``, ``temperature`` and
+    ``checkpoint_meta`` set on the module itself (see :func:`load_checkpoint`). The inference
+    layer keeps them beside the module instead (``LoadedModel``)."""
+    detector.threshold = meta.threshold
+    detector.temperature = meta.temperature
+    detector.checkpoint_meta = meta
+    return detector
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", inference: bool = True
+) -> Detector:
+    """Rebuild the detector a checkpoint was saved from, load its weights, in eval mode.
+
+    With ``inference`` the detector is also put in its fastest equivalent form
+    (:meth:`Detector.for_inference`, e.g. adapters merged into plain layers). Kept for the
+    older API: the returned module carries ``threshold`` (the decision threshold on P(fake)
+    chosen in training), ``temperature`` and ``checkpoint_meta`` (the stored meta) as
+    attributes. ``deepfake_detect.inference.predictor.LoadedModel.load`` gives the same
+    model with those beside the module.
+    """
+    module, meta = _checkpoint_parts(path, inference)
+    module.to(map_location)
+    return attach_meta(module.eval(), meta)
+
+
+def load_detector(
+    path: str | Path,
+    config: str | Path | Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Detector:
+    """A detector ready for prediction from this tool's checkpoint, or, with ``config`` (an
+    experiment or model YAML, or a model mapping), from any weights file that detector reads
+    (e.g. an official release). Without ``config`` the file must be this tool's checkpoint, or
+    a folder of LoRA adapters it saved (the base weights it records are read).
+
+    Kept for the older API, like :func:`load_checkpoint` (attributes on the module); the
+    inference layer reads the same through :func:`load_model_parts`.
+    """
+    return attach_meta(*load_model_parts(path, config, map_location))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    size_mib: float
+    detector: str
+    threshold: float
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    config: str | Path | None = None,
+    threshold: float | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """``deepfake-detect export``: read ``checkpoint`` (with ``config``: any weights file that
+    model reads) and write a standalone ``.safetensors`` with its weights in their fastest
+    form plus the meta, ``threshold`` replacing the stored one when given. ``out`` is claimed
+    first: never an input, never a file this tool did not write (without ``force``)."""
+    from deepfake_detect.outputs import claim_file
+
+    out = Path(out)
+    claim_file(out, inputs=[checkpoint, *([config] if config else [])], force=force)
+    module, meta = load_model_parts(checkpoint, config)
+    if threshold is not None:
+        meta = meta.model_copy(update={"threshold": float(threshold)})
+    path = export_safetensors(module, out, meta)
+    return ExportResult(path, path.stat().st_size / 2**20, module.config.name, meta.threshold)

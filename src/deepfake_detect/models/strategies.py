@@ -204,7 +204,21 @@ def load_adapter(
 ) -> Detector:
     """Rebuild a detector from a :func:`save_adapter` folder: the base from the recorded model
     config (its ``pretrained`` / ``weights`` files, or ``base_weights``), then adapters and head.
+
+    The older API's form: the module carries ``threshold`` and ``checkpoint_meta``;
+    :func:`read_adapter` gives the module and its meta side by side.
     """
+    detector, meta = read_adapter(folder, base_weights, merge)
+    detector.threshold = meta.threshold
+    detector.checkpoint_meta = meta
+    return detector
+
+
+def read_adapter(
+    folder: str | Path, base_weights: str | Path | None = None, merge: bool = True
+) -> tuple[Detector, CheckpointMeta]:
+    """The detector of a :func:`save_adapter` folder (eval mode, nothing attached) and its
+    meta, which describes the detector as rebuilt (merged unless ``merge`` is False)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -249,6 +263,5 @@ def load_adapter(
     if merge:
         merge_lora(detector)
     typed = CheckpointMeta.read(meta, str(folder / ADAPTER_META))
-    detector.threshold = typed.threshold
-    detector.checkpoint_meta = typed.model_copy(update={"model": detector.config.model_dump(mode="json")})
-    return detector.eval()
+    typed = typed.model_copy(update={"model": detector.config.model_dump(mode="json")})
+    return detector.eval(), typed

@@ -29,7 +29,9 @@ from deepfake_detect.data.datamodule import FaceDataModule
 from deepfake_detect.errors import ConfigError
 from deepfake_detect.evaluation.metrics import metrics_to_json
 from deepfake_detect.evaluation.evaluate import evaluate_samples
-from deepfake_detect.models.checkpoint import export_safetensors, load_checkpoint
+from deepfake_detect.inference.options import ScoringOptions
+from deepfake_detect.inference.predictor import LoadedModel
+from deepfake_detect.models.checkpoint import export_safetensors, load_model_parts
 from deepfake_detect.data.feature_cache import FeatureCache
 from deepfake_detect.data.transforms import augment_is_random
 from deepfake_detect.models.registry import build_detector, validate_model_config
@@ -268,18 +270,20 @@ def _train(
             _print(note)
     if best is not None:
         if config.strategy.name == "peft_lora":
-            trained = load_checkpoint(best, inference=False)
-            save_adapter(trained, run_dir / "adapter", trained.checkpoint_meta)
-        best_detector = load_checkpoint(best)
-        export_safetensors(best_detector, run_dir / "model.safetensors", best_detector.checkpoint_meta)
+            trained, trained_meta = load_model_parts(best, inference=False)
+            save_adapter(trained, run_dir / "adapter", trained_meta)
+        best_model = LoadedModel.load(best)
+        export_safetensors(best_model.module, run_dir / "model.safetensors", best_model.meta)
         test = datamodule.samples("test")
         if tcfg.evaluate_test and test:
-            result.test_metrics = evaluate_samples(
-                best_detector, test, run_dir / "test", threshold=best_detector.threshold,
-                video_aggregation=config.eval.video_aggregation,
+            options = ScoringOptions(
                 batch_size=config.data.eval_batch_size or config.data.batch_size,
-                num_workers=config.data.num_workers, plots=config.eval.plots,
-                progress=show_progress, name="test", tta=config.eval.tta,
+                num_workers=config.data.num_workers, tta=config.eval.tta, progress=show_progress,
+            )
+            result.test_metrics = evaluate_samples(
+                best_model, test, run_dir / "test", threshold=best_model.threshold,
+                video_aggregation=config.eval.video_aggregation, plots=config.eval.plots,
+                name="test", options=options,
             )
             result.skipped.update({e["path"]: e["error"] for e in result.test_metrics["skipped_files"]})
     _write_report(run_dir, result, datamodule, tcfg.monitor, time.time() - started)
