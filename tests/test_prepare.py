@@ -182,8 +182,8 @@ def test_prepare_empty_input_is_an_error(tmp_path: Path) -> None:
         prepare([tmp_path / "empty"], tmp_path / "out", progress=False, detector=BrightSquare())
 
 
-def test_prepare_real_faces_with_mtcnn(tmp_path: Path, shared: Path) -> None:
-    """The built-in detector on real media, in two worker processes."""
+def test_prepare_real_faces_with_the_default_detector(tmp_path: Path, shared: Path) -> None:
+    """The default detector (RetinaFace, recall first) on real media, in two worker processes."""
     video = shared / "media" / "videos" / "faces_1080p.mp4"
     photo = shared / "media" / "faces" / "two_people.jpg"
     settings = PrepareConfig.model_validate({
@@ -197,7 +197,7 @@ def test_prepare_real_faces_with_mtcnn(tmp_path: Path, shared: Path) -> None:
     assert len(frames) == 4  # a face in every sampled frame
     assert sum(r["video"] == "two_people" for r in rows) == 2
     for r in rows:
-        assert r["status"] == "ok" and float(r["score"]) >= 0.9
+        assert r["status"] == "ok" and float(r["score"]) >= 0.9 and r["pass"] == "fast"
         assert len(json.loads(r["landmarks"])) == 5
         assert Image.open(tmp_path / "out" / r["path"]).size == (64, 64)
 
@@ -233,11 +233,19 @@ def test_coarse_to_fine_runs_the_full_pass_only_where_selection_needs_it() -> No
     fine.seen.clear()
     CoarseToFine(coarse, fine, 0.2, CropConfig(select="relative", min_relative_size=0.3)).detect(frames[:1])
     assert fine.seen == [0]  # 0.3 x 50 = 15 px may exist below the coarse minimum
-    # off by default and for select all
-    assert not isinstance(build_face_finder(DetectConfig(), CropConfig()), CoarseToFine)
+    # off by default and for select all; the recall-first passes wrap it (`first`)
+    def fast_pass(finder):
+        return getattr(finder, "first", finder)
+
+    assert not isinstance(fast_pass(build_face_finder(DetectConfig(), CropConfig())), CoarseToFine)
     cfg = DetectConfig(coarse_fraction=0.2)
-    assert isinstance(build_face_finder(cfg, CropConfig()), CoarseToFine)
-    assert not isinstance(build_face_finder(cfg, CropConfig(select="all")), CoarseToFine)
+    assert isinstance(fast_pass(build_face_finder(cfg, CropConfig())), CoarseToFine)
+    assert not isinstance(fast_pass(build_face_finder(cfg, CropConfig(select="all"))), CoarseToFine)
+    # faces kept only for the low_score pass do not spare a frame the full pass
+    weak = CoarseToFine(Fixed([[50]]), fine, 0.2, CropConfig(select="largest"), min_score=0.995)
+    fine.seen.clear()
+    weak.detect(frames[:1])
+    assert fine.seen == [0]
 
 
 def test_in_background_keeps_order_and_passes_errors() -> None:

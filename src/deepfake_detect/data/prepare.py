@@ -45,6 +45,7 @@ PARTS = ".parts"
 COLUMNS = (
     "path", "label", "video", "frame", "face", "box", "landmarks", "score", "split",
     "status", "reason", "source", "time",
+    "pass",  # which detection pass found the face: fast, low_score, contrast, mtcnn
 )
 UNLABELED = "unlabeled"
 PHOTO_CHUNK = 64  # photos per work unit: one part file and one detection pass each
@@ -273,7 +274,7 @@ class UnitProcessor:
             item, cut.frame, cut.time, path=rel.as_posix(), face=cut.track or 0,
             box=[round(float(v), 1) for v in cut.box],
             landmarks=[] if marks is None else marks.round(1).tolist(),
-            score=round(float(cut.face.score), 4),
+            score=round(float(cut.face.score), 4), **{"pass": cut.face.found_by},
         )
 
 
@@ -282,7 +283,7 @@ def _row(item: MediaItem, frame: int | str, when: float, **cells) -> dict:
         "path": "", "label": "" if item.label is None else label_name(item.label),
         "video": item.video, "frame": frame, "face": "", "box": "", "landmarks": "", "score": "",
         "split": item.split or "", "status": "ok", "reason": "", "source": str(item.path),
-        "time": round(float(when), 3),
+        "time": round(float(when), 3), "pass": "",
     }
     for key in ("box", "landmarks"):
         if key in cells:

@@ -32,6 +32,9 @@ class Face:
     keypoints: np.ndarray | None = None
     # every landmark the backend gives, (K, 2): 5 for MTCNN/RetinaFace, 68 or 81 for dlib
     landmarks: np.ndarray | None = None
+    # which detection pass found it (the manifest's "pass" column): fast, low_score, contrast or
+    # mtcnn; see deepfake_detect.data.faces.cascade
+    found_by: str = "fast"
 
     @property
     def side(self) -> float:
@@ -45,6 +48,7 @@ class Face:
             score=self.score,
             keypoints=None if self.keypoints is None else (self.keypoints * factor).astype(np.float32),
             landmarks=None if self.landmarks is None else (self.landmarks * factor).astype(np.float32),
+            found_by=self.found_by,
         )
 
 
@@ -52,6 +56,9 @@ class FaceDetector(ABC):
     """Detects faces in batches of ``H x W x 3`` uint8 RGB frames (sizes may differ)."""
 
     name: str = ""
+    # Backends looping with detect_in_batches apply this to each shrunk detection image before
+    # detecting (the contrast pass sets it on a copy of the detector); None: the plain image.
+    enhance: Callable[[np.ndarray], np.ndarray] | None = None
 
     @abstractmethod
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
@@ -93,6 +100,20 @@ def resize_for_detection(frame: np.ndarray, detect_size: int | None) -> tuple[np
     return small, longest / max(size)
 
 
+CLAHE_CLIP = 3.0
+CLAHE_TILES = (8, 8)
+
+
+def normalise_contrast(image: np.ndarray) -> np.ndarray:
+    """A contrast-normalised copy of an RGB uint8 image for detection in dark and flat frames:
+    CLAHE (clip 3, 8 x 8 tiles) on the lightness channel of CIE LAB, colours kept."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=CLAHE_TILES).apply(
+        np.ascontiguousarray(lab[..., 0])
+    )
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
 def five_point_faces(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Face]:
     """Faces from a backend whose 5 points already come in ``Face.keypoints`` order."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -132,19 +153,23 @@ def detect_in_batches(
     frames: Sequence[np.ndarray],
     config: DetectConfig,
     detect_batch: Callable[[np.ndarray, float], list[list[Face]]],
+    enhance: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[list[Face]]:
     """The loop shared by batched backends.
 
-    Frames go in chunks of ``config.batch_size``, are shrunk to ``config.detect_size`` and grouped
-    by shrunk size; ``detect_batch(batch (N, h, w, 3) uint8, factor)`` finds faces in pixels of the
-    shrunk images (``factor`` = original / shrunk, for converting ``min_face``). The results are
-    filtered by ``min_score``, sorted best first and mapped back to original-frame pixels.
+    Frames go in chunks of ``config.batch_size``, are shrunk to ``config.detect_size`` (then
+    passed through ``enhance``, if given) and grouped by shrunk size; ``detect_batch(batch (N, h,
+    w, 3) uint8, factor)`` finds faces in pixels of the shrunk images (``factor`` = original /
+    shrunk, for converting ``min_face``). The results are filtered by ``min_score``, sorted best
+    first and mapped back to original-frame pixels.
     """
     results: list[list[Face]] = []
     for start in range(0, len(frames), config.batch_size):
         stop = start + config.batch_size
         chunk = [check_frame(f, start + i) for i, f in enumerate(frames[start:stop])]
         shrunk = [resize_for_detection(frame, config.detect_size) for frame in chunk]
+        if enhance is not None:
+            shrunk = [(enhance(small), factor) for small, factor in shrunk]
         images = [small for small, _ in shrunk]
         factors = [factor for _, factor in shrunk]
         found: list[list[Face]] = [[] for _ in chunk]

@@ -6,25 +6,55 @@ least L (largest) or ``min_relative_size`` x L (relative) can be selected. So a 
 searches faces of at least ``coarse_fraction`` of the frame's shorter side, and only frames where
 it found nothing, or where the selection could include faces below that size, are searched again
 at full sensitivity. ``select: all`` always gets the full pass.
+
+Recall first (:class:`RecallFirst`, the default): a frame where that search found no face
+scoring ``min_score`` goes through ``detect.fallback`` in order, until a pass finds a face:
+
+* ``low_score``: faces of the same run scoring at least ``detect.low_score`` (free: the detector
+  ran with that threshold and the stronger faces were taken first);
+* ``contrast``: the detector again, on a contrast-normalised copy of the shrunk detection image
+  (CLAHE on LAB lightness) -- dark and flat frames; crops are still cut from the original pixels;
+* ``mtcnn``: MTCNN at full sensitivity (min face 20 px, no minimum fraction, thresholds
+  0.6/0.7/0.7), a second detector with different failure modes.
+
+Frames are never enlarged in a fallback (upscaling invented faces on textures). Each face says
+which pass found it (``Face.found_by``: fast, low_score, contrast, mtcnn). A frame without a
+face pays for every pass.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from deepfake_detect.config.schema import CropConfig, DetectConfig
-from deepfake_detect.data.faces.base import Face, FaceDetector, build_face_detector
+from deepfake_detect.data.faces.base import (
+    Face,
+    FaceDetector,
+    build_face_detector,
+    normalise_contrast,
+)
+
+PASSES = ("fast", "low_score", "contrast", "mtcnn")
+# the mtcnn fallback pass: MTCNN at full sensitivity
+MTCNN_PASS = {"min_face": 20, "min_face_fraction": 0.0, "stage_thresholds": (0.6, 0.7, 0.7)}
 
 
 class CoarseToFine(FaceDetector):
-    def __init__(self, coarse: FaceDetector, fine: FaceDetector, fraction: float, crop: CropConfig):
+    def __init__(
+        self, coarse: FaceDetector, fine: FaceDetector, fraction: float, crop: CropConfig,
+        min_score: float = 0.0,
+    ):
         self.coarse, self.fine, self.fraction, self.crop = coarse, fine, fraction, crop
+        self.min_score = min_score  # faces below it (kept for a low_score pass) do not count
         self.name = f"{fine.name}+coarse"
         self.full_passes = 0  # frames that needed the full pass, for reports and tests
 
     def _needs_full_pass(self, frame: np.ndarray, faces: list[Face]) -> bool:
+        faces = [f for f in faces if f.score >= self.min_score]
         if not faces:
             return True
         coarse_min = self.fraction * min(frame.shape[:2])
@@ -42,11 +72,85 @@ class CoarseToFine(FaceDetector):
         return found
 
 
+class RecallFirst(FaceDetector):
+    """``first`` (the fast pass), then the fallback passes for frames where it found no face
+    scoring ``detect.min_score``; see the module docstring. ``plain`` is the configured detector
+    at full sensitivity, reused (with ``enhance`` set) for the contrast pass; the MTCNN pass is
+    built on first use."""
+
+    def __init__(self, first: FaceDetector, plain: FaceDetector, detect: DetectConfig):
+        self.first, self.plain, self.detect_config = first, plain, detect
+        self.fallback = tuple(detect.fallback)
+        self.name = f"{first.name}+recall"
+        self._mtcnn: FaceDetector | None = None
+        self.passes = dict.fromkeys(PASSES, 0)  # frames whose faces each pass found
+        self.passes["none"] = 0
+
+    def _contrast(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        if _loops_in_batches(self.plain):
+            detector = copy.copy(self.plain)  # shares the network; only `enhance` differs
+            detector.enhance = normalise_contrast
+            return detector.detect(frames)
+        # a backend with its own loop: normalise the whole frame (same idea, more pixels)
+        return self.plain.detect([normalise_contrast(np.ascontiguousarray(f)) for f in frames])
+
+    def _mtcnn_pass(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        if self._mtcnn is None:
+            config = self.detect_config.model_copy(
+                update={"backend": "mtcnn", "model_path": None, **MTCNN_PASS}
+            )
+            self._mtcnn = build_face_detector(config)
+        return self._mtcnn.detect(frames)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        min_score = self.detect_config.min_score
+        found = self.first.detect(frames)
+        result: list[list[Face]] = []
+        for faces in found:
+            strong = [f for f in faces if f.score >= min_score]
+            if not strong and "low_score" in self.fallback:
+                low = self.detect_config.low_score
+                result.append(_tagged([f for f in faces if f.score >= low], "low_score"))
+            else:
+                result.append(_tagged(strong, "fast"))
+        for name, run in (("contrast", self._contrast), ("mtcnn", self._mtcnn_pass)):
+            missing = [i for i, faces in enumerate(result) if not faces]
+            if name not in self.fallback or not missing:
+                continue
+            again = run([frames[i] for i in missing])
+            for i, faces in zip(missing, again, strict=True):
+                result[i] = _tagged([f for f in faces if f.score >= min_score], name)
+        for faces in result:
+            self.passes[faces[0].found_by if faces else "none"] += 1
+        return result
+
+
+def _tagged(faces: list[Face], found_by: str) -> list[Face]:
+    return [dataclasses.replace(f, found_by=found_by) for f in faces]
+
+
+def _loops_in_batches(detector: FaceDetector) -> bool:
+    """Whether ``detector`` honours ``enhance`` (the built-in torch backends do)."""
+    from deepfake_detect.data.faces.mtcnn import MTCNNDetector
+    from deepfake_detect.data.faces.retinaface import RetinaFaceDetector
+
+    return isinstance(detector, (MTCNNDetector, RetinaFaceDetector))
+
+
 def build_face_finder(detect: DetectConfig, crop: CropConfig) -> FaceDetector:
-    """The configured detector, wrapped coarse-to-fine when the selection allows it."""
-    fine = build_face_detector(detect)
+    """The face finder prepare, the dataset video cache and predict all use: the configured
+    detector, coarse-to-fine when the selection allows it, recall first unless ``detect.fallback``
+    is empty."""
+    searched = detect
+    if "low_score" in detect.fallback and detect.low_score < detect.min_score:
+        # one run gives both: faces >= min_score (fast pass) and >= low_score (its fallback)
+        searched = detect.model_copy(update={"min_score": detect.low_score})
+    plain = build_face_detector(searched)
+    first = plain
     fraction = detect.coarse_fraction
-    if fraction is None or crop.select == "all" or fraction <= detect.min_face_fraction:
-        return fine
-    coarse = build_face_detector(detect.model_copy(update={"min_face_fraction": fraction}))
-    return CoarseToFine(coarse, fine, fraction, crop)
+    if fraction is not None and crop.select != "all" and fraction > detect.min_face_fraction:
+        coarse = build_face_detector(searched.model_copy(update={"min_face_fraction": fraction}))
+        first = CoarseToFine(coarse, plain, fraction, crop, min_score=detect.min_score)
+    if not detect.fallback:
+        return first
+    return RecallFirst(first, plain, detect)

