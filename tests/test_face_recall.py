@@ -14,7 +14,7 @@ from PIL import Image
 
 from deepfake_detect.config.schema import CropConfig, DetectConfig, PrepareConfig
 from deepfake_detect.data.faces.base import Face, FaceDetector
-from deepfake_detect.data.faces.cascade import MTCNN_PASS, RecallFirst, build_face_finder
+from deepfake_detect.data.faces.cascade import MTCNN_PASS, RecallFirst, TwoSize, build_face_finder
 from deepfake_detect.errors import ConfigError
 
 FACES = ("angelina_jolie", "kate_siegel", "multiface", "paul_rudd", "shea_whigham", "two_people")
@@ -173,6 +173,25 @@ def test_fallback_passes_run_in_order_only_where_needed() -> None:
     found = only_contrast.detect(frames)
     assert [bool(f) for f in found] == [True, False, True, False, False]
     assert plain.seen == [2, 3, 4, 5] and mtcnn.seen == []
+
+
+def test_the_fast_pass_searches_at_detect_size_only_frames_fast_size_missed() -> None:
+    frames = [np.full((80, 80 + i, 3), 40, np.uint8) for i in range(1, 4)]
+    quick = _Scripted("quick", {1: [0.99], 2: [0.85]})
+    full = _Scripted("full", {2: [0.95, 0.81], 3: [0.82]})
+    found = TwoSize(quick, full, min_score=0.9).detect(frames)
+    assert [[round(f.score, 2) for f in faces] for faces in found] == [[0.99], [0.95, 0.81], [0.82]]
+    assert quick.seen == [1, 2, 3] and full.seen == [2, 3]
+    # the default: 640 first, 960 after; not without fallbacks or when fast_size >= detect_size
+    finder = build_face_finder(DetectConfig(device="cpu"), CropConfig())
+    assert isinstance(finder.first, TwoSize)
+    sizes = (finder.first.quick.config.detect_size, finder.first.full.config.detect_size)
+    assert sizes == (640, 960)
+    for config in (
+        DetectConfig(device="cpu", fast_size=None),
+        DetectConfig(device="cpu", detect_size=640),
+    ):
+        assert not isinstance(build_face_finder(config, CropConfig()).first, TwoSize)
 
 
 def test_the_mtcnn_pass_is_mtcnn_at_full_sensitivity() -> None:

@@ -233,9 +233,11 @@ def test_coarse_to_fine_runs_the_full_pass_only_where_selection_needs_it() -> No
     fine.seen.clear()
     CoarseToFine(coarse, fine, 0.2, CropConfig(select="relative", min_relative_size=0.3)).detect(frames[:1])
     assert fine.seen == [0]  # 0.3 x 50 = 15 px may exist below the coarse minimum
-    # off by default and for select all; the recall-first passes wrap it (`first`)
+    # off by default and for select all; the recall-first passes wrap it (`first`), and the
+    # two-size fast pass (`first.full`: the detect_size search after the fast_size one)
     def fast_pass(finder):
-        return getattr(finder, "first", finder)
+        first = getattr(finder, "first", finder)
+        return getattr(first, "full", first)
 
     assert not isinstance(fast_pass(build_face_finder(DetectConfig(), CropConfig())), CoarseToFine)
     cfg = DetectConfig(coarse_fraction=0.2)

@@ -347,6 +347,13 @@ class DetectConfig(Strict):
     detect_size: int | None = Field(
         960, ge=64, description="frames are shrunk to this longest side for detection; null: full"
     )
+    fast_size: int | None = Field(
+        640, ge=64,
+        description="speed: with fallback passes, the fast pass first looks at frames shrunk to "
+        "this longest side; frames where it finds no face scoring min_score are searched again "
+        "at detect_size before any fallback pass (same recall, ~half the detection time at "
+        "1080p); null or >= detect_size: the fast pass at detect_size only",
+    )
     min_face: int = Field(20, ge=8, description="smallest face side searched, in frame pixels")
     min_face_fraction: float = Field(
         0.0, ge=0, lt=1,

@@ -7,8 +7,11 @@ searches faces of at least ``coarse_fraction`` of the frame's shorter side, and 
 it found nothing, or where the selection could include faces below that size, are searched again
 at full sensitivity. ``select: all`` always gets the full pass.
 
-Recall first (:class:`RecallFirst`, the default): a frame where that search found no face
-scoring ``min_score`` goes through ``detect.fallback`` in order, until a pass finds a face:
+Recall first (:class:`RecallFirst`, the default): the fast pass first searches frames shrunk to
+``detect.fast_size`` (640) and searches again at ``detect_size`` (960) only the frames where that
+found no face scoring ``min_score`` (:class:`TwoSize`; the faces of either count as ``fast``).
+A frame where that search found no face scoring ``min_score`` goes through ``detect.fallback`` in
+order, until a pass finds a face:
 
 * ``low_score``: faces of the same run scoring at least ``detect.low_score`` (free: the detector
   ran with that threshold and the stronger faces were taken first);
@@ -68,6 +71,27 @@ class CoarseToFine(FaceDetector):
         if redo:
             self.full_passes += len(redo)
             for i, faces in zip(redo, self.fine.detect([frames[i] for i in redo]), strict=True):
+                found[i] = faces
+        return found
+
+
+class TwoSize(FaceDetector):
+    """The fast pass at two sizes: ``quick`` (frames shrunk to ``detect.fast_size``), then
+    ``full`` (``detect_size``) for the frames where ``quick`` found no face scoring
+    ``min_score``; those frames keep only ``full``'s faces (weak ones included, for low_score)."""
+
+    def __init__(self, quick: FaceDetector, full: FaceDetector, min_score: float):
+        self.quick, self.full, self.min_score = quick, full, min_score
+        self.name = full.name
+        self.full_size_frames = 0  # frames that needed the detect_size search, for reports
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        found = self.quick.detect(frames)
+        strong = [any(f.score >= self.min_score for f in faces) for faces in found]
+        redo = [i for i, ok in enumerate(strong) if not ok]
+        if redo:
+            self.full_size_frames += len(redo)
+            for i, faces in zip(redo, self.full.detect([frames[i] for i in redo]), strict=True):
                 found[i] = faces
         return found
 
@@ -153,4 +177,8 @@ def build_face_finder(detect: DetectConfig, crop: CropConfig) -> FaceDetector:
         first = CoarseToFine(coarse, plain, fraction, crop, min_score=detect.min_score)
     if not detect.fallback:
         return first
+    fast_size = detect.fast_size
+    if fast_size is not None and (detect.detect_size is None or fast_size < detect.detect_size):
+        quick = build_face_detector(searched.model_copy(update={"detect_size": fast_size}))
+        first = TwoSize(quick, first, detect.min_score)
     return RecallFirst(first, plain, detect)

