@@ -29,8 +29,9 @@ from pathlib import Path, PurePosixPath
 from deepfake_detect.errors import OutputError
 
 LOCK_FILE = ".deepfake-detect.lock"
-# Files that a command writes to say "this folder is mine" (older runs have no lock file).
-MARKERS = {"run.json": "command", "prepare.json": "prepare"}
+# Files that say "this folder is deepfake-detect's" in folders of older runs (no lock file), with
+# the command they stand for when they do not name one ("unknown": accepted by every command).
+MARKERS = {"run.json": "unknown", "prepare.json": "prepare"}
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f<>:\"|?*\\]")
 
 
@@ -129,13 +130,13 @@ def folder_owner(folder: Path) -> str | None:
     if lock.is_file():
         with contextlib.suppress(OSError, ValueError):
             return str(json.loads(lock.read_text("utf-8") or "{}").get("command") or "") or "unknown"
-    for marker, key in MARKERS.items():
+    for marker, default in MARKERS.items():
         file = folder / marker
         if file.is_file():
             with contextlib.suppress(OSError, ValueError):
                 info = json.loads(file.read_text("utf-8"))
                 if isinstance(info, dict) and "deepfake_detect" in info:
-                    return info.get("tool_command") or (key if key != "command" else "unknown")
+                    return info.get("tool_command") or default
     return None
 
 

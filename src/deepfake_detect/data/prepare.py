@@ -179,7 +179,7 @@ class UnitProcessor:
             return UnitResult(unit.key, done["rows"], done["stats"], done["notes"], reused=True)
         # Redo the unit: remove the crops that earlier runs of it wrote (listed in its part
         # file, or in its journal when the run was interrupted), and nothing else.
-        self._remove_own_crops(unit.key, done)
+        remove_own_crops(self.out, unit.key, done)
         self._journal = part.with_suffix(".pending")
         try:
             result = self._video(unit.items[0]) if unit.kind == "video" else self._photos(unit.items)
@@ -197,20 +197,6 @@ class UnitProcessor:
         })
         self._journal.unlink(missing_ok=True)
         return result
-
-    def _remove_own_crops(self, key: str, done: dict | None) -> None:
-        journal = self.out / PARTS / f"{key}.pending"
-        listed = [r.get("path", "") for r in (done or {}).get("rows", [])]
-        if journal.is_file():
-            listed += journal.read_text("utf-8").splitlines()
-        for rel in filter(None, listed):
-            try:
-                path = inside(self.out, rel)
-            except OutputError:
-                continue  # not ours to touch
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-        journal.unlink(missing_ok=True)
 
     # -- videos
 
@@ -294,6 +280,23 @@ def _row(item: MediaItem, frame: int | str, when: float, **cells) -> dict:
 
 def _failure_row(item: MediaItem, status: str, reason: str) -> dict:
     return _row(item, "", 0.0, status=status, reason=reason, time="")
+
+
+def remove_own_crops(out: Path, key: str, done: dict | None) -> None:
+    """Remove the crops that earlier runs of unit ``key`` wrote into ``out``: those its part
+    file lists (``done``) and those its journal lists (an interrupted run); nothing else."""
+    journal = out / PARTS / f"{key}.pending"
+    listed = [r.get("path", "") for r in (done or {}).get("rows", [])]
+    if journal.is_file():
+        listed += journal.read_text("utf-8").splitlines()
+    for rel in filter(None, listed):
+        try:
+            path = inside(out, rel)
+        except OutputError:
+            continue  # not ours to touch
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    journal.unlink(missing_ok=True)
 
 
 def _read_part(path: Path) -> dict | None:
@@ -495,7 +498,7 @@ def _earlier_units(out: Path, units: Sequence[Unit], fingerprint: str) -> list[d
         if part.stem in current or (done := _read_part(part)) is None:
             continue
         if {row.get("source") for row in done.get("rows", [])} <= sources:
-            UnitProcessor(PrepareConfig(), out)._remove_own_crops(part.stem, done)
+            remove_own_crops(out, part.stem, done)
             part.unlink()
             continue
         if done.get("fingerprint") != fingerprint:

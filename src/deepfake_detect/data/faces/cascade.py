@@ -46,6 +46,16 @@ PASSES = ("fast", "low_score", "contrast", "mtcnn")
 MTCNN_PASS = {"min_face": 20, "min_face_fraction": 0.0, "stage_thresholds": (0.6, 0.7, 0.7)}
 
 
+def redetect(detector: FaceDetector, frames: Sequence[np.ndarray], found: list[list[Face]],
+             redo: list[int]) -> int:
+    """Replace ``found[i]`` for each index in ``redo`` by ``detector``'s faces of ``frames[i]``
+    (one batch of those frames); the number of frames searched again."""
+    if redo:
+        for i, faces in zip(redo, detector.detect([frames[i] for i in redo]), strict=True):
+            found[i] = faces
+    return len(redo)
+
+
 class CoarseToFine(FaceDetector):
     def __init__(
         self, coarse: FaceDetector, fine: FaceDetector, fraction: float, crop: CropConfig,
@@ -68,10 +78,7 @@ class CoarseToFine(FaceDetector):
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         found = self.coarse.detect(frames)
         redo = [i for i, faces in enumerate(found) if self._needs_full_pass(frames[i], faces)]
-        if redo:
-            self.full_passes += len(redo)
-            for i, faces in zip(redo, self.fine.detect([frames[i] for i in redo]), strict=True):
-                found[i] = faces
+        self.full_passes += redetect(self.fine, frames, found, redo)
         return found
 
 
@@ -87,12 +94,9 @@ class TwoSize(FaceDetector):
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         found = self.quick.detect(frames)
-        strong = [any(f.score >= self.min_score for f in faces) for faces in found]
-        redo = [i for i, ok in enumerate(strong) if not ok]
-        if redo:
-            self.full_size_frames += len(redo)
-            for i, faces in zip(redo, self.full.detect([frames[i] for i in redo]), strict=True):
-                found[i] = faces
+        weak = [not any(f.score >= self.min_score for f in faces) for faces in found]
+        redo = [i for i, missed in enumerate(weak) if missed]
+        self.full_size_frames += redetect(self.full, frames, found, redo)
         return found
 
 
