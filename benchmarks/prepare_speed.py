@@ -6,6 +6,9 @@ time of the whole prepare step (decode, face detection, crop, PNG write, manifes
 pipeline that decodes whole videos pays), and the peak memory of prepare on the 1080p video,
 measured in a fresh process (target < 1.5 GB).
 
+Then several videos in one run (two copies of each shared video) with ``videos_at_once`` 1, 2
+and 4: one video at a time against videos decoded side by side sharing detection batches.
+
     uv run python benchmarks/prepare_speed.py [--frames 32] [--device cpu] [--repeat 2]
 """
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,10 +61,44 @@ def _peak_rss_of_prepare(video: Path, args) -> float:
         f"'detect': {{'device': '{args.device}'}}}})\n"
         "with tempfile.TemporaryDirectory() as d:\n"
         f"    prepare([{str(video)!r}], d, cfg, label=0, progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
     )
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into a child's ru_maxrss across
+    # fork and exec, so a child of this (large) benchmark process would report the parent's.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # Linux reports KiB
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB
+
+
+def _several_videos(cfg, detector, args) -> dict:
+    """prepare of several videos in one run (two copies of each shared video), one video at a
+    time against several at once (their frames decoded side by side and detected in shared
+    batches): the same crops, timed side by side."""
+    import shutil
+
+    from deepfake_detect.data.prepare import prepare
+
+    videos = sorted((SHARED / "media" / "videos").glob("*.mp4"))
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as src:
+        for k in range(2):
+            for v in videos:
+                shutil.copy(v, Path(src) / f"{v.stem}_{k}.mp4")
+        copies = sorted(Path(src).glob("*.mp4"))
+        frames = sum(_decode_sampled(v, cfg.frames) for v in copies)
+        decode = _best(lambda: [_decode_sampled(v, cfg.frames) for v in copies], args.repeat)
+        out["videos"], out["frames"], out["decode_s"] = len(copies), frames, decode
+        print(f"{len(copies)} videos ({frames} sampled frames): decode-only {decode:.3f} s")
+        for at_once in (1, 2, 4):
+            def run() -> None:
+                with tempfile.TemporaryDirectory() as d:
+                    prepare([src], d, cfg, label=0, progress=False, detector=detector,
+                            videos_at_once=at_once)
+
+            whole = _best(run, args.repeat)
+            out[f"at_once_{at_once}_s"] = whole
+            print(f"  videos_at_once {at_once}: prepare {whole:.3f} s ({frames / whole:.1f} "
+                  f"frames/s), ratio prepare/decode {whole / decode:.2f}")
+    return out
 
 
 def main() -> None:
@@ -103,6 +139,7 @@ def main() -> None:
             f"({n / whole:.1f} frames/s) | ratio prepare/decode {whole / decode:.2f} "
             f"| full decode of every frame {full:.3f} s"
         )
+    results["several_videos"] = _several_videos(cfg, detector, args)
     big = SHARED / "media" / "videos" / "faces_1080p.mp4"
     peak = _peak_rss_of_prepare(big, args)
     results["peak_rss_mib_1080p"] = peak

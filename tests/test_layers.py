@@ -11,8 +11,9 @@ import deepfake_detect
 PACKAGE = Path(deepfake_detect.__file__).parent
 LAYERS = ["config", "data", "models", "inference", "evaluation", "calibration", "training",
           "demo", "cli"]
-# Below every layer: the error types, the output rules and the run facts everything may use.
-FOUNDATION = {"errors", "outputs", "runinfo", "__init__"}
+# Below every layer: the error types, the output rules, the run facts and dynamic batching
+# that everything may use.
+FOUNDATION = {"errors", "outputs", "runinfo", "batching", "__init__"}
 
 
 def _modules() -> dict[str, Path]:

@@ -372,6 +372,7 @@ def export(
         "deepfake-detect prepare train/ val/ --out crops --frames 16 --crop align --workers 4",
         "deepfake-detect prepare dfdc_train_part_0/ --out dfdc_faces --select all --format jpg --quality 95",
         "deepfake-detect prepare clips/*.mp4 --label real --out real_faces",
+        "deepfake-detect prepare dfdc/ --out dfdc_faces --device cuda --batch-size 128 --videos-at-once 8",
     )
 )
 def prepare(
@@ -385,6 +386,8 @@ def prepare(
     detector_model: Annotated[Path | None, typer.Option(help="Model file for dlib (shape predictor) or retinaface (a Pytorch_Retinaface .pth; default: the packaged weights).")] = None,
     device: Annotated[str | None, typer.Option(help="Face detection device: auto, cpu, cuda.")] = None,
     detect_size: Annotated[int | None, typer.Option(help="Longest frame side used for detection (default 960).")] = None,
+    fast_size: Annotated[int | None, typer.Option(help="Longest side of the fast first look (default 640); frames where it finds no face are searched again at --detect-size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Frames per detection batch, filled from several videos (default 16; larger on a GPU).")] = None,
     min_face: Annotated[int | None, typer.Option(help="Smallest face side in pixels (default 20).")] = None,
     min_score: Annotated[float | None, typer.Option(help="Minimum detector score (default 0.9).")] = None,
     select: Annotated[str | None, typer.Option(help="largest, all (tracked) or relative.")] = None,
@@ -396,6 +399,7 @@ def prepare(
     quality: Annotated[int | None, typer.Option(help="JPEG quality (default 95).")] = None,
     label: Annotated[str | None, typer.Option(help="Label for inputs outside label folders: real or fake.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (1: all work in this process).")] = 1,
+    videos_at_once: Annotated[int, typer.Option(min=1, help="Videos each process decodes together, their frames sharing detection batches.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that deepfake-detect did not make (never one holding the inputs).")] = False,
 ) -> None:
     """Turn videos and photos into face crops plus a manifest.csv the training loader reads.
@@ -416,7 +420,8 @@ def prepare(
         "frames": {"count": frames, "sampling": sampling, "every": every},
         "detect": {
             "backend": detector, "model_path": detector_model, "device": device,
-            "detect_size": detect_size, "min_face": min_face, "min_score": min_score,
+            "detect_size": detect_size, "fast_size": fast_size, "batch_size": batch_size,
+            "min_face": min_face, "min_score": min_score,
         },
         "crop": {
             "select": select, "min_relative_size": min_relative_size, "mode": crop,
@@ -431,7 +436,8 @@ def prepare(
         label_value = parse_label(label)
         if label_value is None:
             raise typer.BadParameter(f"--label {label!r}: use real or fake")
-    report = run_prepare(inputs, out, settings, label=label_value, workers=workers, force=force)
+    report = run_prepare(inputs, out, settings, label=label_value, workers=workers,
+                         videos_at_once=videos_at_once, force=force)
     table = Table(title="prepare", show_header=False)
     for key, value in report.table():
         table.add_row(key, value)

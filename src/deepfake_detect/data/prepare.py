@@ -15,16 +15,17 @@ import csv
 import hashlib
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deepfake_detect import __version__
 from deepfake_detect.config.schema import PrepareConfig
-from deepfake_detect.data.faces.base import FaceDetector, check_detect_config
+from deepfake_detect.data.faces.base import FaceDetector, MergedDetector, check_detect_config
 from deepfake_detect.data.faces.cascade import build_face_finder
 from deepfake_detect.data.faces.crop import encode_crop
 from deepfake_detect.data.faces.pipeline import (  # in_background: re-exported
@@ -49,6 +50,7 @@ COLUMNS = (
 )
 UNLABELED = "unlabeled"
 PHOTO_CHUNK = 64  # photos per work unit: one part file and one detection pass each
+VIDEOS_AT_ONCE = 2  # per process: decoding one overlaps detecting the other; shared batches
 
 
 @dataclass
@@ -154,22 +156,48 @@ def item_folder(item: MediaItem) -> Path:
 
 
 class UnitProcessor:
-    """Turns units into crops and manifest rows; holds the face detector (one per process)."""
+    """Turns units into crops and manifest rows; holds the face detector (one per process).
+
+    :meth:`run_many` works on several videos at once, one thread each: their frames are decoded
+    side by side and detected together, in batches of ``detect.batch_size`` frames filled from
+    all of them (:class:`~deepfake_detect.data.faces.base.MergedDetector`)."""
 
     def __init__(self, config: PrepareConfig, out: Path, detector: FaceDetector | None = None):
         self.config = config
         self.out = out
-        self._detector = detector
-        self._pipeline: FacePipeline | None = None
+        self._given = detector
+        self._detector: MergedDetector | None = None
+        self._lock = threading.Lock()
+        # the detector is built when the first frame is detected, not before: a rerun whose
+        # units are all reused never loads a face model
+        self.pipeline = FacePipeline(config, lambda: self.detector)
         self.fingerprint = _fingerprint(config)
-        self._journal = out / PARTS / "unit.pending"
 
     @property
-    def detector(self) -> FaceDetector:
-        # built on first use: a rerun whose units are all reused never loads a face model
-        if self._detector is None:
-            self._detector = build_face_finder(self.config.detect, self.config.crop)
-        return self._detector
+    def detector(self) -> MergedDetector:
+        with self._lock:
+            if self._detector is None:
+                inner = self._given or build_face_finder(self.config.detect, self.config.crop)
+                self._detector = MergedDetector(inner, self.config.detect.batch_size)
+            return self._detector
+
+    def run_many(self, units: Sequence[Unit], at_once: int = 1) -> Iterator[UnitResult]:
+        """The results of ``units``, ``at_once`` of them worked on together (in the order they
+        finish)."""
+        if at_once <= 1 or len(units) <= 1:
+            yield from map(self.run, units)
+            return
+
+        def one(unit: Unit) -> UnitResult:
+            with self.detector.merger.client():
+                return self.run(unit)
+
+        pool = ThreadPoolExecutor(min(at_once, len(units)), thread_name_prefix="prepare")
+        try:
+            for fut in as_completed([pool.submit(one, u) for u in units]):
+                yield fut.result()
+        finally:  # an interrupted run starts no further unit
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, unit: Unit) -> UnitResult:
         part = self.out / PARTS / f"{unit.key}.json"
@@ -180,9 +208,12 @@ class UnitProcessor:
         # Redo the unit: remove the crops that earlier runs of it wrote (listed in its part
         # file, or in its journal when the run was interrupted), and nothing else.
         remove_own_crops(self.out, unit.key, done)
-        self._journal = part.with_suffix(".pending")
+        journal = part.with_suffix(".pending")
         try:
-            result = self._video(unit.items[0]) if unit.kind == "video" else self._photos(unit.items)
+            if unit.kind == "video":
+                result = self._video(unit.items[0], journal)
+            else:
+                result = self._photos(unit.items, journal)
         except Exception as exc:  # noqa: BLE001 - one broken unit must not stop the run
             item = unit.items[0]
             reason = f"unexpected error: {type(exc).__name__}: {exc}"
@@ -195,24 +226,17 @@ class UnitProcessor:
             "fingerprint": self.fingerprint, "sources": stamp, "rows": result.rows,
             "stats": result.stats, "notes": result.notes,
         })
-        self._journal.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
         return result
 
     # -- videos
 
-    @property
-    def pipeline(self) -> FacePipeline:
-        if self._pipeline is None:
-            # the detector is built when the first frame is detected, not before
-            self._pipeline = FacePipeline(self.config, lambda: self.detector)
-        return self._pipeline
-
-    def _video(self, item: MediaItem) -> UnitResult:
+    def _video(self, item: MediaItem, journal: Path) -> UnitResult:
         try:
             faces = self.pipeline.video(item.path)
         except VideoError as e:
             return UnitResult("", [_failure_row(item, e.reason, str(e))], {"failed": 1, "frames": 0})
-        rows = [self._row_of(item, cut) for cut in faces]
+        rows = [self._row_of(item, cut, journal) for cut in faces]
         notes = faces.notes
         stats = {"frames": faces.frames, "short": int(faces.short), "failed": 0}
         if faces.failure is not None:
@@ -225,7 +249,7 @@ class UnitProcessor:
 
     # -- photos
 
-    def _photos(self, items: list[MediaItem]) -> UnitResult:
+    def _photos(self, items: list[MediaItem], journal: Path) -> UnitResult:
         failures: list[dict] = []  # first, as a unit's rows always listed them
         rows: list[dict] = []
         photos = self.pipeline.photos(i.path for i in items)
@@ -234,14 +258,14 @@ class UnitProcessor:
                 status, detail = faces.failure
                 failures.append(_failure_row(item, status, f"{item.path}: {detail}"))
                 continue
-            rows += [self._row_of(item, cut) for cut in faces]
+            rows += [self._row_of(item, cut, journal) for cut in faces]
         return UnitResult("", failures + rows, {
             "frames": len(items) - len(failures), "failed": len(failures), "photos": len(items),
         })
 
     # -- crops
 
-    def _row_of(self, item: MediaItem, cut: FaceCut) -> dict:
+    def _row_of(self, item: MediaItem, cut: FaceCut, journal: Path) -> dict:
         """The manifest row of one cut, its crop written below the output folder first (and
         listed in the unit's journal, so that a redo can remove it)."""
         if not cut.ok:
@@ -252,8 +276,8 @@ class UnitProcessor:
         name = f"{cut.frame:05d}" + ("" if cut.track is None else f"_{cut.track}")
         rel = folder / f"{name}.{crop.format}"
         target = inside(self.out, rel)
-        with open(self._journal, "a", encoding="utf-8") as journal:  # what a redo may remove
-            journal.write(rel.as_posix() + "\n")
+        with open(journal, "a", encoding="utf-8") as listed:  # what a redo may remove
+            listed.write(rel.as_posix() + "\n")
         target.write_bytes(encode_crop(cut.pixels, crop.format, crop.quality))
         marks = cut.landmarks
         return _row(
@@ -316,42 +340,44 @@ def _write_part(path: Path, data: dict) -> None:
 # --------------------------------------------------------------------------- the run
 
 _WORKER: UnitProcessor | None = None
+_AT_ONCE = 1
 
 
-def _init_worker(config_json: str, out: str, threads: int) -> None:
-    global _WORKER
+def _init_worker(config_json: str, out: str, threads: int, at_once: int) -> None:
+    global _WORKER, _AT_ONCE
     import torch
 
     torch.set_num_threads(threads)
     _WORKER = UnitProcessor(PrepareConfig.model_validate_json(config_json), Path(out))
+    _AT_ONCE = at_once
 
 
-def _run_unit(unit: Unit) -> UnitResult:
+def _run_units(units: list[Unit]) -> list[UnitResult]:
     assert _WORKER is not None
-    return _WORKER.run(unit)
+    return list(_WORKER.run_many(units, _AT_ONCE))
 
 
 def _run_all(
-    units: list[Unit], config: PrepareConfig, out: Path, workers: int,
+    units: list[Unit], config: PrepareConfig, out: Path, workers: int, at_once: int,
     detector: FaceDetector | None,
 ) -> Iterator[UnitResult]:
     if workers <= 1 or len(units) <= 1:
-        processor = UnitProcessor(config, out, detector)
-        for unit in units:
-            yield processor.run(unit)
+        yield from UnitProcessor(config, out, detector).run_many(units, at_once)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    initargs = (config.model_dump_json(), str(out), threads)
+    initargs = (config.model_dump_json(), str(out), threads, at_once)
+    # a worker process takes `at_once` units at a time, so that they can share its batches
+    groups = [units[i:i + at_once] for i in range(0, len(units), at_once)]
     with worker_pool(workers, _init_worker, initargs) as pool:
-        futures = {pool.submit(_run_unit, u): u for u in units}
+        futures = {pool.submit(_run_units, g): g for g in groups}
         for fut in as_completed(futures):
-            unit = futures[fut]
             try:
-                yield fut.result()
+                yield from fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
                 reason = f"worker failed: {type(exc).__name__}: {exc}"
-                rows = [_failure_row(i, "error", reason) for i in unit.items]
-                yield UnitResult(unit.key, rows, {"failed": len(unit.items)}, [reason])
+                for unit in futures[fut]:
+                    rows = [_failure_row(i, "error", reason) for i in unit.items]
+                    yield UnitResult(unit.key, rows, {"failed": len(unit.items)}, [reason])
 
 
 def prepare(
@@ -361,6 +387,7 @@ def prepare(
     *,
     label: int | None = None,
     workers: int = 1,
+    videos_at_once: int = VIDEOS_AT_ONCE,
     progress: bool = True,
     detector: FaceDetector | None = None,
     force: bool = False,
@@ -369,10 +396,15 @@ def prepare(
 
     ``out`` must be new, empty or an earlier ``prepare`` output (``force`` accepts another
     non-empty folder); it may never hold the inputs. A second input set prepared into the same
-    ``out`` with the same settings is added to its manifest."""
+    ``out`` with the same settings is added to its manifest.
+
+    ``workers`` processes each work on ``videos_at_once`` videos together, whose frames share
+    detection batches (the crops do not depend on either)."""
     started = time.perf_counter()
     if workers < 0:
         raise DataError(f"workers must be >= 1 (got {workers}; 0 and 1 both work in this process)")
+    if videos_at_once < 1:
+        raise DataError(f"videos_at_once must be >= 1 (got {videos_at_once})")
     if detector is None:
         check_detect_config((config or PrepareConfig()).detect)
     out = claim_folder(out, "prepare", inputs=inputs, force=force)
@@ -385,7 +417,7 @@ def prepare(
         raise DataError(f"prepare found no videos or images to process ({where})")
     report = prepare_items(
         items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
-        progress=progress, detector=detector, started=started, force=force,
+        videos_at_once=videos_at_once, progress=progress, detector=detector, started=started, force=force,
     )
     if own:
         report.notes.append(f"{len(own)} files inside --out {out} were left out (outputs of prepare)")
@@ -400,6 +432,7 @@ def prepare_items(
     inputs: Sequence[str | Path] = (),
     problems: Sequence[tuple[str, str]] = (),
     workers: int = 1,
+    videos_at_once: int = VIDEOS_AT_ONCE,
     progress: bool = True,
     detector: FaceDetector | None = None,
     description: str = "preparing",
@@ -419,15 +452,15 @@ def prepare_items(
     out = claim_folder(out, "prepare", force=force)
     lock = RunLock(out, "prepare").acquire(wait=wait)
     try:
-        return _prepare_locked(items, out, config, inputs, problems, workers, progress,
-                               detector, description, started)
+        return _prepare_locked(items, out, config, inputs, problems, (workers, videos_at_once),
+                               progress, detector, description, started)
     finally:
         lock.release()
 
 
 def _prepare_locked(
     items: Sequence[MediaItem], out: Path, config: PrepareConfig, inputs: Sequence[str | Path],
-    problems: Sequence[tuple[str, str]], workers: int, progress: bool,
+    problems: Sequence[tuple[str, str]], parallel: tuple[int, int], progress: bool,
     detector: FaceDetector | None, description: str, started: float | None,
 ) -> PrepareReport:
     from rich.progress import (
@@ -453,7 +486,7 @@ def _prepare_locked(
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(description, total=len(units), faces=0)
         by_key = {u.key: u for u in units}
-        for result in _run_all(units, config, out, workers, detector):
+        for result in _run_all(units, config, out, *parallel, detector):
             results[result.key] = result
             _tally(report, result, by_key[result.key])
             bar.update(task, advance=1, faces=report.faces)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from deepfake_detect.batching import BatchMerger
 from deepfake_detect.config.schema import DetectConfig
 from deepfake_detect.errors import ConfigError, DataError
 
@@ -63,6 +64,20 @@ class FaceDetector(ABC):
     @abstractmethod
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         """One list of faces per frame, best score first; an empty list when none is found."""
+
+
+class MergedDetector(FaceDetector):
+    """``detector`` shared by threads: their :meth:`detect` calls that arrive together run as
+    one batch of at most ``batch_size`` frames (several videos' frames in one batch), one batch
+    at a time. The faces each caller gets are those ``detector`` finds in its frames."""
+
+    def __init__(self, detector: FaceDetector, batch_size: int) -> None:
+        self.inner = detector
+        self.name = detector.name
+        self.merger: BatchMerger[np.ndarray, list[Face]] = BatchMerger(detector.detect, batch_size)
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
+        return self.merger(frames)
 
 
 _BACKENDS: dict[str, Callable[[DetectConfig], FaceDetector]] = {}
