@@ -154,3 +154,26 @@ def test_videos_at_once_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="videos_at_once must be >= 1"):
         prepare([tmp_path / "v.mp4"], tmp_path / "out", label=0, progress=False,
                 detector=BrightSquare(), videos_at_once=0)
+
+
+def test_a_rerun_with_every_video_reused_loads_no_face_model(tmp_path: Path) -> None:
+    from deepfake_detect.data.prepare import UnitProcessor, make_units
+    from deepfake_detect.data.media_inputs import find_media
+
+    for k in range(3):
+        write_video(tmp_path / "videos" / f"v{k}.mp4", square_frames(6))
+    settings = PrepareConfig.model_validate({"frames": {"count": 2}, "crop": {"size": 32}})
+    prepare([tmp_path / "videos"], tmp_path / "out", settings, label=0, progress=False,
+            detector=BrightSquare())
+    built: list[int] = []
+
+    def build() -> BrightSquare:
+        built.append(1)
+        return BrightSquare()
+
+    processor = UnitProcessor(settings, tmp_path / "out")
+    processor.detector._inner = build  # what the default detector would be built by
+    units = make_units(find_media([tmp_path / "videos"], label=0).items)
+    results = list(processor.run_many(units, at_once=2))
+    assert len(results) == 3 and all(r.reused for r in results)
+    assert built == []

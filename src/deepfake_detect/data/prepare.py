@@ -15,7 +15,6 @@ import csv
 import hashlib
 import json
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -165,21 +164,14 @@ class UnitProcessor:
     def __init__(self, config: PrepareConfig, out: Path, detector: FaceDetector | None = None):
         self.config = config
         self.out = out
-        self._given = detector
-        self._detector: MergedDetector | None = None
-        self._lock = threading.Lock()
-        # the detector is built when the first frame is detected, not before: a rerun whose
-        # units are all reused never loads a face model
-        self.pipeline = FacePipeline(config, lambda: self.detector)
+        # built on the first frame detected: a rerun whose units are all reused never loads a
+        # face model
+        self.detector = MergedDetector(
+            detector or (lambda: build_face_finder(config.detect, config.crop)),
+            config.detect.batch_size,
+        )
+        self.pipeline = FacePipeline(config, self.detector)
         self.fingerprint = _fingerprint(config)
-
-    @property
-    def detector(self) -> MergedDetector:
-        with self._lock:
-            if self._detector is None:
-                inner = self._given or build_face_finder(self.config.detect, self.config.crop)
-                self._detector = MergedDetector(inner, self.config.detect.batch_size)
-            return self._detector
 
     def run_many(self, units: Sequence[Unit], at_once: int = 1) -> Iterator[UnitResult]:
         """The results of ``units``, ``at_once`` of them worked on together (in the order they

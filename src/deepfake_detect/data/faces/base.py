@@ -8,6 +8,7 @@ interface. Coordinates are always in pixels of the frame that was passed in.
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,14 +68,30 @@ class FaceDetector(ABC):
 
 
 class MergedDetector(FaceDetector):
-    """``detector`` shared by threads: their :meth:`detect` calls that arrive together run as
+    """A detector shared by threads: their :meth:`detect` calls that arrive together run as
     one batch of at most ``batch_size`` frames (several videos' frames in one batch), one batch
-    at a time. The faces each caller gets are those ``detector`` finds in its frames."""
+    at a time. The faces each caller gets are those the inner detector finds in its frames.
 
-    def __init__(self, detector: FaceDetector, batch_size: int) -> None:
-        self.inner = detector
-        self.name = detector.name
-        self.merger: BatchMerger[np.ndarray, list[Face]] = BatchMerger(detector.detect, batch_size)
+    ``detector`` may be a function that builds it: it is built on the first frame detected,
+    so that work needing no detection (units reused from an earlier run) loads no face model.
+    """
+
+    name = "merged"
+
+    def __init__(self, detector: FaceDetector | Callable[[], FaceDetector], batch_size: int) -> None:
+        self._inner = detector
+        self._building = threading.Lock()
+        self.merger: BatchMerger[np.ndarray, list[Face]] = BatchMerger(self._detect, batch_size)
+
+    @property
+    def inner(self) -> FaceDetector:
+        with self._building:
+            if not isinstance(self._inner, FaceDetector):
+                self._inner = self._inner()
+            return self._inner
+
+    def _detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        return self.inner.detect(frames)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Face]]:
         return self.merger(frames)
