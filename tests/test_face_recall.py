@@ -221,7 +221,7 @@ def test_no_fallback_and_low_score_settings() -> None:
 def test_manifest_says_which_pass_found_each_face(tmp_path: Path, shared: Path) -> None:
     from deepfake_detect.data.prepare import COLUMNS, prepare
 
-    assert COLUMNS[-1] == "pass"
+    assert COLUMNS[-2:] == ("pass", "group")  # group: the last column since sample groups
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(dark_face(shared)).save(folder / "dark.png")

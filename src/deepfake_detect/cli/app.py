@@ -78,6 +78,20 @@ Threshold = Annotated[
     float | None, typer.Option(help="Decision threshold in [0, 1] (default: the checkpoint's).",
                                callback=_check_threshold)
 ]
+Bootstrap = Annotated[int, typer.Option(
+    min=0, max=100000, metavar="N",
+    help="Bootstrap resamples (of whole videos, stratified by class) behind the 95% interval of "
+    "every metric; 0: no intervals.")]
+Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap resampling.")]
+Perturb = Annotated[list[str] | None, typer.Option(
+    "--perturb", metavar="KIND:S1,S2",
+    help="Robustness sweep, repeatable: re-score every face crop degraded as an upload would be "
+    "(before the model's preprocessing), at each severity: jpeg:90,70,50,30 (quality), "
+    "blur:1,2,3 (sigma px), resize:0.75,0.5,0.25 (down and back up), noise:0.02,0.05, "
+    "contrast:0.5. Decoded once; AUC-vs-severity curves, robustness.csv.")]
+GroupDepth = Annotated[int | None, typer.Option(
+    min=0, max=8, help="Folder levels under the label folder that name a sample's group "
+    "(fake/<method>/<video>/: 1); default: recognised; 0: no folder groups.")]
 Force = Annotated[bool, typer.Option(
     "--force", help="Write into a non-empty folder, or replace a file, that deepfake-detect did "
     "not write (inputs are never overwritten).")]
@@ -192,7 +206,8 @@ def train(
     if result.best_checkpoint is None:
         return
     console.print(f"[green]best checkpoint[/green] {result.best_checkpoint} ({cfg.train.monitor} = {result.best_score:.4f})")
-    if result.test_metrics:
+    # with held-out groups, training has printed the test split and them side by side
+    if result.test_metrics and not result.heldout_metrics:
         _print_metrics({"test": result.test_metrics})
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} files skipped[/yellow] (listed in {result.run_dir / 'report.json'})")
@@ -208,6 +223,8 @@ def train(
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --mc-dropout 8",
         "deepfake-detect evaluate --checkpoint runs/b4/model.safetensors --checkpoint runs/swin/model.safetensors --weights 2,1 --data cdf/",
         "deepfake-detect evaluate --checkpoint runs/ensemble.yaml --data cdf/ --data dfdc/",
+        "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data ffpp/ --bootstrap 2000 --seed 1",
+        "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --perturb jpeg:90,70,50,30 --perturb blur:1,2,3",
     )
 )
 def evaluate(
@@ -227,8 +244,14 @@ def evaluate(
     ensemble: EnsembleMethod = None,
     weights: Weights = None,
     force: Force = False,
+    bootstrap: Bootstrap = 1000,
+    seed: Seed = 0,
+    perturb: Perturb = None,
+    group_depth: GroupDepth = None,
 ) -> None:
-    """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset; predictions.csv and plots.
+    """Frame- and video-level AUC, EER, AP, ACC, F1 per dataset with 95% bootstrap
+    intervals, and per group (manipulation method) when the fakes have groups;
+    predictions.csv, groups.csv and plots.
 
     Several --checkpoint options (or an ensemble file) are evaluated as one ensemble; each
     checkpoint reads the images with its own input size and normalisation, and metrics.json
@@ -241,10 +264,74 @@ def evaluate(
         model=_model_source(checkpoint, config, ensemble, weights), data=data, out_dir=out,
         split=split, threshold=threshold, video_aggregation=video_aggregation, plots=plots,
         force=force, options=_options(batch_size, workers, device, tta, mc_dropout),
+        bootstrap=bootstrap, seed=seed, perturb=perturb or [], group_depth=group_depth,
     )
     evaluation = run_evaluate(_checked(request))
-    _print_metrics(evaluation.results)
+    _print_evaluation(evaluation.results)
     console.print(f"results: {evaluation.out_dir}")
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect benchmark --checkpoint runs/b4/model.safetensors --checkpoint runs/effort/model.safetensors --data ffpp_test/ --data cdf/ --data dfdc/",
+        "deepfake-detect benchmark --config benchmark.yaml --out runs/cross-dataset",
+        "deepfake-detect benchmark --checkpoint a.safetensors --checkpoint b.safetensors --data cdf/ --perturb jpeg:90,70,50,30",
+    )
+)
+def benchmark(
+    checkpoint: Annotated[list[Path] | None, typer.Option(
+        "--checkpoint", help="A checkpoint (or ensemble .yaml) to compare; repeatable: each is "
+        "one row of the matrix.")] = None,
+    data: Annotated[list[Path] | None, typer.Option(
+        help="Dataset folder or CSV manifest; repeatable: each is one column.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML with `checkpoints:` and `data:` lists (paths, or "
+        "{path, name, config}) and optionally split, perturb, bootstrap, seed, group_depth; "
+        "the command line's --checkpoint/--data are added to its lists.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/benchmark-<time>).")] = None,
+    split: Annotated[str | None, typer.Option(help="auto (test split if present, else all), test, val, train, all.")] = None,
+    video_aggregation: Annotated[str | None, typer.Option(help="mean, max, median, sbi or confident (default: each checkpoint's).")] = None,
+    perturb: Perturb = None,
+    bootstrap: Annotated[int | None, typer.Option(min=0, max=100000, metavar="N", help="Bootstrap resamples behind every interval and paired difference (default 1000; 0: none).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**32 - 1, help="Seed of the bootstrap resampling (default 0).")] = None,
+    group_depth: GroupDepth = None,
+    plots: Annotated[bool, typer.Option(help="Also each cell's ROC, PR, confusion and histogram PNGs.")] = False,
+    batch_size: BatchSize = 64,
+    workers: Workers = None,
+    device: Device = "auto",
+    tta: TTA = None,
+    force: Force = False,
+) -> None:
+    """Every checkpoint on every dataset: the matrix of frame AUC, video AUC, EER and AP with
+    95% intervals (matrix.csv, matrix.md, heatmaps), and for each pair of checkpoints the
+    paired difference of AUC on the same samples with its interval and DeLong's test.
+
+    Each cell is a plain `evaluate` (cells/<checkpoint>/<dataset>/); videos are cut into faces
+    once per dataset and face settings, shared by the checkpoints.
+    """
+    from deepfake_detect.config.loading import read_yaml, validate
+    from deepfake_detect.config.schema import BenchmarkConfig
+    from deepfake_detect.evaluation.benchmark import BenchmarkRequest, name_entries
+    from deepfake_detect.evaluation.benchmark import benchmark as run_benchmark
+
+    raw = read_yaml(config) if config is not None else {}
+    listed = validate(BenchmarkConfig, raw if isinstance(raw, dict) else {}, "benchmark",
+                      str(config or ""))
+    given = {"split": split, "video_aggregation": video_aggregation, "bootstrap": bootstrap,
+             "seed": seed, "group_depth": group_depth}
+    settings = listed.model_copy(update={k: v for k, v in given.items() if v is not None})
+    request = BenchmarkRequest(
+        checkpoints=name_entries([*settings.entries("checkpoints"), *(checkpoint or [])],
+                                 "checkpoint"),
+        data=name_entries([*settings.entries("data"), *(data or [])], "dataset"),
+        out_dir=out, split=settings.split, video_aggregation=settings.video_aggregation,
+        perturb=[*settings.perturb, *(perturb or [])], bootstrap=settings.bootstrap,
+        seed=settings.seed, group_depth=settings.group_depth, plots=plots, force=force,
+        options=_options(batch_size, workers, device, tta),
+    )
+    result = run_benchmark(_checked(request))
+    _print_benchmark(result)
+    console.print(f"results: {result.out_dir} (matrix.md, matrix.csv, comparisons.csv)")
 
 
 @app.command(
@@ -644,6 +731,52 @@ def _print_metrics(results: dict) -> None:
         for key, value in summary_rows(metrics):
             table.add_row(key, value)
         out_console.print(table)
+
+
+def _print_benchmark(result) -> None:
+    """benchmark's tables: frame and video AUC per checkpoint and dataset, then the paired
+    differences."""
+    from deepfake_detect.evaluation.benchmark import cell_text, difference_text
+
+    names = list(dict.fromkeys(c for c, _ in result.cells))
+    datasets = list(dict.fromkeys(d for _, d in result.cells))
+    for level in ("frame", "video"):
+        table = Table(title=f"{level} AUC [95% interval]")
+        table.add_column("checkpoint")
+        for d in datasets:
+            table.add_column(escape(d), justify="right")
+        for c in names:
+            table.add_row(escape(c), *(cell_text(result.cells[(c, d)], level, "auc") for d in datasets))
+        out_console.print(table)
+    if result.comparisons:
+        table = Table(title="paired AUC difference A - B (same samples)")
+        for column in ("dataset", "level", "A", "B", "A - B [95% interval]", "p (DeLong)"):
+            table.add_column(column)
+        for c in result.comparisons:
+            table.add_row(escape(c["dataset"]), c["level"], escape(c["a"]), escape(c["b"]),
+                          difference_text(c),
+                          "n/a" if c.get("delong_p") is None else f"{c['delong_p']:.3g}")
+        out_console.print(table)
+
+
+def _print_evaluation(results: dict) -> None:
+    """evaluate's tables: each dataset's key figures, then its per-group table if any."""
+    from deepfake_detect.evaluation.evaluate import group_rows, summary_rows
+
+    for name, metrics in results.items():
+        table = Table(title=f"{name}", show_header=False)
+        for key, value in summary_rows(metrics, groups=False):
+            table.add_row(key, value)
+        out_console.print(table)
+        rows = group_rows(metrics)
+        if not rows:
+            continue
+        per_group = Table(title=f"{name}: per group (its fakes vs all reals), AUC [95% interval]")
+        for column in ("group", "fakes", "frame AUC", "video AUC"):
+            per_group.add_column(column, justify="left" if column == "group" else "right")
+        for row in rows:
+            per_group.add_row(*(escape(cell) for cell in row))
+        out_console.print(per_group)
 
 
 def _one_line(text: str) -> str:

@@ -179,6 +179,18 @@ class DataConfig(Strict):
         description="where face crops of videos in dataset folders are kept between runs; "
         "null: <output_dir>/faces-cache/<folder name>-<hash>",
     )
+    group_depth: int | None = Field(
+        None, ge=0, le=8,
+        description="folder levels under a label folder that name a sample's group (manipulation "
+        "method, generator, source), e.g. 1 for fake/<method>/<video>/...; 0: no folder groups; "
+        "null: recognised (a folder under a label folder holding per-video subfolders or frames "
+        "of several videos is a group; one holding one video's frames is a video)",
+    )
+    holdout_groups: list[str] = Field(
+        default_factory=list,
+        description="groups (e.g. [NeuralTextures]) kept out of train and val, with every video "
+        "they hold, and evaluated as a separate held-out test set",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("path", mode="before")
@@ -296,6 +308,54 @@ class EvalConfig(Strict):
         "checkpoint unless --tta is given; null: none",
     )
     plots: bool = Field(True, description="write ROC/PR/confusion/histogram PNGs")
+    perturb: list[str] = Field(
+        default_factory=list,
+        description="robustness: perturbations applied to each face crop before the model's "
+        "preprocessing, each re-scored at every severity, e.g. ['jpeg:90,70,50,30', "
+        "'blur:1,2,3', 'resize:0.75,0.5,0.25', 'noise:0.02,0.05', 'contrast:0.5']; []: none",
+    )
+    bootstrap: int = Field(
+        1000, ge=0, le=100000,
+        description="bootstrap resamples behind the 95% confidence interval of every metric "
+        "(videos are resampled when video ids exist); 0: no intervals",
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the bootstrap resampling")
+
+
+class BenchmarkEntry(Strict):
+    """A checkpoint or dataset of a benchmark, with the name its row or column gets."""
+
+    path: Path = Field(description="checkpoint (or ensemble .yaml), dataset folder or CSV")
+    name: str | None = Field(None, description="row/column name (default: from the path)")
+    config: Path | None = Field(
+        None, description="checkpoints only: model YAML for a checkpoint not written by this tool"
+    )
+
+
+class BenchmarkConfig(Strict):
+    """``deepfake-detect benchmark --config``: every checkpoint evaluated on every dataset.
+    Paths are relative to the working folder, as on the command line."""
+
+    checkpoints: list[Path | BenchmarkEntry] = Field(
+        default_factory=list, description="the matrix's rows: paths or {path, name, config}"
+    )
+    data: list[Path | BenchmarkEntry] = Field(
+        default_factory=list, description="the matrix's columns: paths or {path, name}"
+    )
+    split: Literal["auto", "test", "val", "train", "all"] = Field(
+        "auto", description="auto: the test split when a dataset has one, else all"
+    )
+    video_aggregation: Literal["mean", "max", "median", "sbi", "confident"] | None = Field(
+        None, description="null: each checkpoint's own"
+    )
+    perturb: list[str] = Field(default_factory=list, description="robustness sweeps, as eval.perturb")
+    bootstrap: int = Field(1000, ge=0, le=100000, description="resamples behind every interval")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the bootstrap resampling")
+    group_depth: int | None = Field(None, ge=0, le=8, description="as data.group_depth")
+
+    def entries(self, key: str) -> list[dict]:
+        """The ``checkpoints`` or ``data`` list as ``{path, name, config}`` items."""
+        return [{"path": e} if isinstance(e, Path) else e.model_dump() for e in getattr(self, key)]
 
 
 class MlflowConfig(Strict):

@@ -2,6 +2,10 @@
 
 It works from plain PyTorch too: call :meth:`FaceDataModule.setup` and use the loaders.
 Videos in dataset folders become face crops (see :mod:`deepfake_detect.data.dataset_videos`).
+
+``data.holdout_groups`` keeps whole groups (e.g. a manipulation method) and every video they are
+in out of train, val and test before any split is made; ``samples("heldout")`` is them plus the
+reals of the test split (else of val), to measure how the detector does on unseen methods.
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ from deepfake_detect.data.dataset_videos import VideoCrops, gather_samples
 from deepfake_detect.data.datasets import FaceImageDataset, collate_skipping
 from deepfake_detect.data.images import verify_images
 from deepfake_detect.data.samplers import EpochBalancedSampler, EpochRandomSampler
-from deepfake_detect.data.samples import CLASS_NAMES, Sample
+from deepfake_detect.data.samples import CLASS_NAMES, REAL, Sample
 from deepfake_detect.data.sources import log_discovery
-from deepfake_detect.data.splits import assign_splits, check_splits, class_counts
+from deepfake_detect.data.splits import (
+    assign_splits,
+    check_holdout_groups,
+    check_splits,
+    class_counts,
+    hold_out,
+    label_counts,
+)
 from deepfake_detect.data.transforms import build_transform
 from deepfake_detect.errors import DataError
 
@@ -85,6 +96,9 @@ class FaceDataModule(L.LightningDataModule):
         self.no_crop_rows = 0  # prepare-manifest rows of frames without a face
         self.video_crops = VideoCrops()  # videos in dataset folders cut into face crops
         self._samples: list[Sample] | None = None
+        # data.holdout_groups: their samples plus the reals of the split named here
+        self._heldout: list[Sample] = []
+        self.heldout_reals_from: str | None = None  # "test" | "val"; None: nothing held out
         # Set by training for the feature_extractor strategy (deepfake_detect.data.feature_cache).
         self.feature_cache: FeatureCache | None = None
 
@@ -100,24 +114,49 @@ class FaceDataModule(L.LightningDataModule):
             self.data.path, videos=self.data.videos, prepare=self.prepare,
             faces_cache=self.data.faces_cache, cache_root=self.cache_root,
             progress=self.progress, face_detector=self.face_detector,
+            group_depth=self.data.group_depth,
         )
         self.ignored_files = len(gathered.found.ignored)
         self.no_crop_rows = len(gathered.found.no_crop)
         self.video_crops = gathered.videos
         skipped = list(gathered.skipped)
+        samples, held = gathered.samples, []
+        if self.data.holdout_groups:
+            check_holdout_groups(samples, self.data.holdout_groups)
+            # before any split is made, so that no held-out video reaches train, val or test,
+            # whether its split was given (split folders, a split column) or is to be made
+            samples, held = hold_out(samples, self.data.holdout_groups)
         samples = assign_splits(
-            gathered.samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
+            samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
         )
         # verify after splitting, so that fixing or breaking a file never reshuffles the splits
-        bad = verify_images([s.path for s in samples], self.data.verify)
+        bad = verify_images([s.path for s in (*samples, *held)], self.data.verify)
         if bad:
             bad_paths = {p for p, _ in bad}
             samples = [s for s in samples if s.path not in bad_paths]
+            held = [s for s in held if s.path not in bad_paths]
             skipped += [(str(p), reason) for p, reason in bad]
         self.skipped = skipped
         check_splits(samples)
         self._samples = samples
+        if self.data.holdout_groups:
+            self._set_heldout(held)
         log.info("data:\n%s", self.summary())
+
+    def _set_heldout(self, held: list[Sample]) -> None:
+        """The held-out set: ``held`` (the held-out groups' videos) plus the reals of the test
+        split, or of val when test has none, so that it has both classes to score."""
+        test_reals = [s for s in self._require() if s.split == "test" and s.label == REAL]
+        self.heldout_reals_from = "test" if test_reals else "val"
+        reals = test_reals or [s for s in self._require() if s.split == "val" and s.label == REAL]
+        self._heldout = [*held, *reals]
+        per = label_counts(held)
+        log.info(
+            "held-out groups %s: %d fake and %d real images kept out of train/val/test; "
+            "evaluated with the %d real images of the %s split",
+            ", ".join(self.data.holdout_groups), per["fake"], per["real"], len(reals),
+            self.heldout_reals_from,
+        )
 
     def _require(self) -> list[Sample]:
         if self._samples is None:
@@ -126,10 +165,19 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- facts ---------------------------------------------------------------------------
     def samples(self, split: str) -> list[Sample]:
+        """The samples of ``split``: "train", "val", "test", or "heldout" (the held-out
+        groups' samples plus the reals of ``heldout_reals_from``; empty when none is set)."""
+        if split == "heldout":
+            self._require()
+            return list(self._heldout)
         return [s for s in self._require() if s.split == split]
 
     def has_split(self, split: str) -> bool:
-        return any(s.split == split for s in self._require())
+        return bool(self.samples(split))
+
+    def heldout_counts(self) -> dict[str, int]:
+        """Images of the held-out set per class, e.g. ``{"real": 4, "fake": 9}``."""
+        return label_counts(self.samples("heldout"))
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         return class_counts(self._require())
@@ -150,6 +198,12 @@ class FaceDataModule(L.LightningDataModule):
             "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
             for r in rows
         ]
+        if self.heldout_reals_from is not None:
+            per = self.heldout_counts()
+            lines.append(
+                f"held-out groups ({', '.join(self.data.holdout_groups)}): {per['fake']} fake, "
+                f"{per['real']} real images (reals of the {self.heldout_reals_from} split)"
+            )
         images_skipped = len(self.skipped) - self.video_crops.failed
         lines.append(f"skipped unreadable or missing images: {images_skipped}")
         if self.video_crops.videos:
@@ -212,3 +266,4 @@ class FaceDataModule(L.LightningDataModule):
         """The test loader, or an empty list when there is no test split."""
         test = self.samples("test")
         return self.eval_dataloader(test) if test else []
+

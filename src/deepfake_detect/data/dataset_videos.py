@@ -5,8 +5,9 @@ to ``train/real/real_001.jpg``). :func:`gather_samples` scans the data paths as
 :func:`~deepfake_detect.data.sources.scan` does, runs the face pipeline on just those videos
 into a cache folder per dataset folder (``prepare`` resumes: finished videos whose file and
 settings are unchanged are reused), and returns their crops as samples with the video's label,
-split and a folder-rule video id (``train/real/real_002``), so that grouped splits keep a
-video's crops together. Videos that give no crop are returned with the reason.
+split, group (``fake/Deepfakes/000_003.mp4``: ``Deepfakes``) and a folder-rule video id
+(``train/real/real_002``), so that grouped splits keep a video's crops together. Videos that give
+no crop are returned with the reason.
 """
 
 from __future__ import annotations
@@ -95,13 +96,16 @@ def gather_samples(
     cache_root: str | Path | None = None,
     progress: bool = True,
     face_detector: FaceDetector | None = None,
+    group_depth: int | None = None,
 ) -> Gathered:
     """Every sample in ``paths`` (splits as given, None if none); videos in dataset folders are
     cut into face crops with ``prepare`` (``videos="prepare"``) or refused with an error saying
-    what to run. ``face_detector`` replaces the one ``prepare`` would build (tests)."""
+    what to run. ``face_detector`` replaces the one ``prepare`` would build (tests);
+    ``group_depth``: how folders name groups (``data.group_depth``, see
+    :func:`~deepfake_detect.data.sources.scan`)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    found = scan(paths, videos=True)
+    found = scan(paths, videos=True, group_depth=group_depth)
     gathered = Gathered(
         samples=list(found.samples), skipped=[(str(p), r) for p, r in found.missing], found=found
     )
@@ -148,7 +152,9 @@ def _media_item(video: FoundVideo) -> MediaItem:
     if video.label_dir.name != label_name(video.label):
         rel = f"{video.label_dir.name}/{rel}"  # e.g. "original/": keep apart from "real/"
     # absolute: the cache is found again when the folder is given from another working directory
-    return MediaItem(Path(os.path.abspath(video.path)), "video", rel, video.label, video.split)
+    return MediaItem(
+        Path(os.path.abspath(video.path)), "video", rel, video.label, video.split, video.group
+    )
 
 
 def _cut_videos(
@@ -188,9 +194,10 @@ def _cut_videos(
         tally.frames_without_face += no_face
         for r in ok:
             frame = f"{video.video}/{int(r['frame'])}"
-            samples.append(
-                Sample(cache / r["path"], video.label, video.video, video.split, video.dataset, frame)
-            )
+            samples.append(Sample(
+                cache / r["path"], video.label, video.video, video.split, video.dataset, frame,
+                video.group,
+            ))
         if not ok:
             errors = [r for r in mine if r["status"] not in ("ok", "no_face")]
             if errors:

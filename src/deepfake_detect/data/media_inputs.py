@@ -11,13 +11,19 @@ walker, CSV reader and label / split names this module uses): symlinked folders 
 each real folder once; hidden files and folders are skipped; a broken symbolic link, a link
 loop or a file a manifest lists that is missing is reported in ``problems`` with the same
 reason everywhere, and left out.
+
+An item's group (manipulation method, generator, source) is the folder right under its label
+folder when that folder is a group by the rule of dataset folders
+(:func:`~deepfake_detect.data.sources.is_group_folder`: ``fake/Deepfakes/000_003.mp4`` is in
+group ``Deepfakes``), or a CSV's ``group`` cell; ``prepare`` writes it into its manifest.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 from deepfake_detect.data.labels import parse_label, parse_split
@@ -25,6 +31,8 @@ from deepfake_detect.data.sources import (
     IMAGE_EXTENSIONS,
     file_problem,
     folder_marks,
+    is_group_folder,
+    label_folder_depth,
     listed_problem,
     read_csv_table,
     resolve_listed,
@@ -44,6 +52,7 @@ class MediaItem:
     video: str  # id, unique within a prepare run (relative, "/"-separated, no extension)
     label: int | None = None  # 0 real, 1 fake, None unknown
     split: str | None = None
+    group: str | None = None  # manipulation method / generator / source, e.g. "Deepfakes"
 
 
 @dataclass
@@ -61,17 +70,20 @@ def media_kind(path: str | PurePath) -> str | None:
     return None
 
 
-def find_media(inputs: Sequence[str | Path], label: int | None = None) -> MediaScan:
-    """Every video and photo below ``inputs``; ``label`` applies where no folder or file says one."""
+def find_media(
+    inputs: Sequence[str | Path], label: int | None = None, *, group_depth: int | None = None
+) -> MediaScan:
+    """Every video and photo below ``inputs``; ``label`` applies where no folder or file says one.
+    ``group_depth`` as for dataset folders (:func:`~deepfake_detect.data.sources.scan`)."""
     scan = MediaScan()
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_dir():
-            _walk(path, label, scan)
+            _walk(path, label, scan, group_depth)
         elif path.is_file() and path.suffix.lower() == ".csv":
             _read_csv(path, label, scan)
         elif path.is_file() and path.name == "metadata.json":
-            _walk(path.parent, label, scan)
+            _walk(path.parent, label, scan, group_depth)
         elif (problem := file_problem(path)) is not None:
             scan.problems.append((str(path), problem))
         else:
@@ -84,11 +96,19 @@ def find_media(inputs: Sequence[str | Path], label: int | None = None) -> MediaS
     return scan
 
 
-def _walk(root: Path, default_label: int | None, scan: MediaScan) -> None:
+def _walk(
+    root: Path, default_label: int | None, scan: MediaScan, group_depth: int | None = None
+) -> None:
     before, problems = len(scan.items), len(scan.problems)
     unlisted: list[tuple[Path, str]] = []
+    found: list[tuple[MediaItem, _Below]] = []
     for here, filenames in walk_folders(root, unlisted):
-        label, split, kept = folder_marks(here.relative_to(root).parts, default_label)
+        parts = here.relative_to(root).parts
+        label, split, kept = folder_marks(parts, default_label)
+        depth = label_folder_depth(parts)
+        below = None if depth is None else _Below(
+            root.joinpath(*parts[:depth]), tuple(p for p in parts[depth:] if parse_split(p) is None)
+        )
         meta = _dfdc_metadata(here) if "metadata.json" in filenames else {}
         for name in filenames:
             if name.startswith(".") or name == "metadata.json":
@@ -104,11 +124,44 @@ def _walk(root: Path, default_label: int | None, scan: MediaScan) -> None:
                 item_label = meta[name].get("label", item_label)
                 item_split = meta[name].get("split", item_split)
             video = "/".join((*kept, PurePath(name).stem))
-            scan.items.append(MediaItem(here / name, kind, video, item_label, item_split))
+            found.append((MediaItem(here / name, kind, video, item_label, item_split), below))
+    scan.items += _with_groups(found, group_depth)
     scan.problems += [(str(p), why) for p, why in unlisted]
     if len(scan.items) == before and len(scan.problems) == problems:
         exts = " ".join(sorted(e.lstrip(".") for e in MEDIA_EXTENSIONS))
         scan.problems.append((str(root), f"folder holds no videos or images ({exts})"))
+
+
+@dataclass(frozen=True)
+class _Below:
+    """Where a file lies under its innermost label folder."""
+
+    label_dir: Path
+    folders: tuple[str, ...]  # the folders between (split folders left out)
+
+
+def _with_groups(
+    found: list[tuple[MediaItem, _Below | None]], group_depth: int | None
+) -> list[MediaItem]:
+    """The items with their folder groups (None for ``below``: no label folder, no group)."""
+    depth = 1 if group_depth is None else group_depth
+    groups: set[tuple[Path, str]] = set()
+    if group_depth is None:  # the folder right under a label folder, when it is a group
+        files: dict[tuple[Path, str], list[tuple[int, str]]] = defaultdict(list)
+        for item, below in found:
+            if below is not None and below.folders:
+                key = (below.label_dir, below.folders[0])
+                files[key].append((len(below.folders) - 1, item.path.name))
+        groups = {key for key, listed in files.items() if is_group_folder(listed)}
+    out = []
+    for item, below in found:
+        if not depth or below is None or len(below.folders) < depth:
+            out.append(item)
+        elif group_depth is None and (below.label_dir, below.folders[0]) not in groups:
+            out.append(item)
+        else:
+            out.append(replace(item, group="/".join(below.folders[:depth])))
+    return out
 
 
 def _dfdc_metadata(folder: Path) -> dict[str, dict]:
@@ -158,7 +211,8 @@ def _read_csv(path: Path, default_label: int | None, scan: MediaScan) -> None:
         label, split = row_label_and_split(cell, f"{path} line {line}", required=False,
                                            default=default_label)
         video = cell("video") or PurePath(raw).with_suffix("").as_posix().lstrip("./")
-        scan.items.append(MediaItem(file, media_kind(file), video, label, split))
+        group = cell("group") or None
+        scan.items.append(MediaItem(file, media_kind(file), video, label, split, group))
 
 
 def check_unique_videos(items: Sequence[MediaItem]) -> None:

@@ -46,6 +46,7 @@ COLUMNS = (
     "path", "label", "video", "frame", "face", "box", "landmarks", "score", "split",
     "status", "reason", "source", "time",
     "pass",  # which detection pass found the face: fast, low_score, contrast, mtcnn
+    "group",  # manipulation method / generator / source, from the input's folder or CSV
 )
 UNLABELED = "unlabeled"
 PHOTO_CHUNK = 64  # photos per work unit: one part file and one detection pass each
@@ -285,7 +286,7 @@ def _row(item: MediaItem, frame: int | str, when: float, **cells) -> dict:
         "path": "", "label": "" if item.label is None else label_name(item.label),
         "video": item.video, "frame": frame, "face": "", "box": "", "landmarks": "", "score": "",
         "split": item.split or "", "status": "ok", "reason": "", "source": str(item.path),
-        "time": round(float(when), 3), "pass": "",
+        "time": round(float(when), 3), "pass": "", "group": item.group or "",
     }
     for key in ("box", "landmarks"):
         if key in cells:
@@ -482,8 +483,14 @@ def _prepare_locked(
             results[result.key] = result
             _tally(report, result, by_key[result.key])
             bar.update(task, advance=1, faces=report.faces)
-    # input order, stable; then the units of earlier input sets prepared into this folder
-    rows = [row for unit in units for row in results[unit.key].rows]
+    # input order, stable; then the units of earlier input sets prepared into this folder.
+    # The group is the items' as found now: a reused unit's rows may predate it (the crops
+    # do not depend on it, so it is no part of a unit's key)
+    groups = {str(i.path): i.group or "" for i in items}
+    rows = [
+        {**row, "group": groups.get(row.get("source", ""), "")}
+        for unit in units for row in results[unit.key].rows
+    ]
     rows += [row for part in earlier for row in part["rows"]]
     _write_manifest(report.manifest, rows)
     report.seconds = time.perf_counter() - started

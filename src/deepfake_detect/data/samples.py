@@ -18,3 +18,6 @@ class Sample:
     dataset: str = ""  # name of the dataset the sample came from
     # frame of the video the crop was cut from (several faces may share one); None when unknown
     frame: str | None = None
+    # manipulation method / generator / source the sample belongs to (e.g. "Deepfakes"); None:
+    # no group (reals usually have none)
+    group: str | None = None

@@ -3,6 +3,10 @@
 Every path given is one dataset. Video ids are paths below the dataset root (``train/fake/v1``),
 so that frames of one video can be kept together when splits are made, while videos of different
 labels or splits never share an id.
+
+A sample's group (manipulation method, generator, source) comes from a CSV's ``group`` column or
+from a folder under a label folder (``fake/Deepfakes/000_003/0001.png``: group ``Deepfakes``),
+see :func:`is_group_folder`; a group folder changes no video id below it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -38,7 +43,7 @@ _FRAME_STEM = re.compile(r"^(?P<video>.+)(?:_frame_?|-|_f)\d+$", re.IGNORECASE)
 # stems that are only a frame number ("0001", "frame_0001"): the folder is the video
 _NUMBER_STEM = re.compile(r"^(?:frame|img|image|f)?[_-]?\d+$", re.IGNORECASE)
 
-_CSV_COLUMNS = ("path", "label", "video", "split", "frame", "status", "reason")
+_CSV_COLUMNS = ("path", "label", "video", "split", "frame", "status", "reason", "group")
 # names of a column of per-video frame folders (the seed's training_pairs.csv), read as "path"
 _FOLDER_COLUMNS = (
     "video_path", "video_folder", "video_dir", "folder", "frames_dir", "frame_dir",
@@ -60,6 +65,7 @@ class FoundVideo:
     dataset: str
     root: Path  # the dataset folder as given
     label_dir: Path  # the label folder it lies in
+    group: str | None = None  # e.g. "Deepfakes" for fake/Deepfakes/000_003.mp4
 
 
 @dataclass
@@ -87,13 +93,15 @@ def describe_layout() -> str:
         "Accepted dataset layouts:\n"
         "  1. split folders: <root>/train/{real,fake}/..., <root>/val/..., <root>/test/...\n"
         "  2. label folders: <root>/real/..., <root>/fake/...  (train/val split made for you)\n"
-        "  3. CSV manifest with header path,label[,video,split]; paths relative to the CSV's"
+        "  3. CSV manifest with header path,label[,video,split,group]; paths relative to the CSV's"
         " folder\n"
         "     A path may be a folder holding one video's frames (a training_pairs.csv with header"
         " video_path,label or folder,label works too)\n"
         "Inside a label folder images may sit in per-video subfolders (fake/<video>/0001.jpg)\n"
         "or be named <video>_frame_<n>, <video>-<n> or <video>_f<n>; any other image is its own"
         " video.\n"
+        "A folder under a label folder holding per-video subfolders, video files or frames of"
+        " several videos is a group (fake/<method>/<video>/...; data.group_depth overrides).\n"
         f"Image extensions: {exts}.\n"
         f"Accepted names (any case): {accepted_names()}."
     )
@@ -183,16 +191,56 @@ def folder_marks(
     """The label and split that the folders ``parts`` (below an input root, outermost first)
     give the files in them, at any depth, the innermost winning, and the other folder names
     (part of a video id). Label folders by name (``real``, ``fake`` and their synonyms; not
-    the digit names, which are video or frame numbers in a tree), split folders likewise."""
-    label, split, kept = default_label, None, []
-    for part in parts:
-        if (lab := parse_label(part)) is not None and not part.isdigit():
-            label = lab
+    the digit names, which are video or frame numbers in a tree), split folders likewise. A
+    folder named like a label right inside a label folder of that label is a plain folder:
+    FaceForensics++' method ``Deepfakes`` in ``fake/Deepfakes/``."""
+    label, split, kept, _ = _marks(parts, default_label)
+    return label, split, kept
+
+
+def label_folder_depth(parts: Sequence[str]) -> int | None:
+    """How many of the folders ``parts`` lead down to the innermost label folder (as
+    :func:`folder_marks` decides); None when none of them is a label folder."""
+    return _marks(parts, None)[3]
+
+
+def _marks(
+    parts: Sequence[str], default_label: int | None
+) -> tuple[int | None, str | None, list[str], int | None]:
+    """:func:`folder_marks` and the number of ``parts`` up to the innermost label folder."""
+    label, split, kept, depth = default_label, None, [], None
+    for i, part in enumerate(parts):
+        lab = None if part.isdigit() else parse_label(part)
+        if lab is not None and not (depth == i and lab == label):
+            label, depth = lab, i + 1
         elif (spl := parse_split(part)) is not None:
             split = spl
         else:
             kept.append(part)
-    return label, split, kept
+    return label, split, kept, depth
+
+
+def is_group_folder(files: Iterable[tuple[int, str]]) -> bool:
+    """Whether a folder right under a label folder is a group (a manipulation method, a
+    generator, a source) rather than one video, from the files below it: ``(depth, name)``,
+    depth 0 for a file in the folder itself, 1 in a subfolder, and so on.
+
+    A group holds per-video subfolders (subfolders with images), video files (each a video),
+    or images of at least two videos by the frame-name rules (``<video>_frame_<n>``). A folder
+    of numbered frames, or of one video's ``<video>_frame_<n>`` files, is a video, as ever.
+    """
+    named: set[str] = set()
+    for depth, name in files:
+        if name.startswith("."):
+            continue
+        if is_image_file(name):
+            if depth > 0:
+                return True
+            if (video := video_from_stem(PurePath(name).stem)) is not None:
+                named.add(video)
+        elif _is_video_file(name):  # only asked for files that are no image: no PyAV otherwise
+            return True
+    return len(named) >= 2
 
 
 def video_from_stem(stem: str) -> str | None:
@@ -201,9 +249,10 @@ def video_from_stem(stem: str) -> str | None:
     return m.group("video") if m else None
 
 
-def discover(paths: Sequence[str | Path]) -> list[Sample]:
-    """All labelled images in ``paths`` (folders or CSV manifests), sorted within each dataset."""
-    found = scan(paths)
+def discover(paths: Sequence[str | Path], *, group_depth: int | None = None) -> list[Sample]:
+    """All labelled images in ``paths`` (folders or CSV manifests), sorted within each dataset;
+    ``group_depth``: see :func:`scan`."""
+    found = scan(paths, group_depth=group_depth)
     log_discovery(found)
     return found.samples
 
@@ -228,12 +277,18 @@ def log_discovery(found: Discovery) -> None:
         )
 
 
-def scan(paths: Sequence[str | Path], videos: bool = False) -> Discovery:
+def scan(
+    paths: Sequence[str | Path], videos: bool = False, *, group_depth: int | None = None
+) -> Discovery:
     """Like :func:`discover`, also returning the ignored and missing files.
 
     With ``videos`` the video files in label folders of dataset folders are returned in
     ``Discovery.videos`` (for the caller to cut into face crops) instead of being ignored, and a
     dataset folder that holds videos but no images is accepted.
+
+    ``group_depth`` (``data.group_depth``): None, folders under a label folder are groups as
+    :func:`is_group_folder` says; 0, no folder groups; k, the first k folder levels under the
+    label folder, joined with "/", are the group.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -257,7 +312,7 @@ def scan(paths: Sequence[str | Path], videos: bool = False) -> Discovery:
         shown = Path(os.path.abspath(path))
         name = _unique_name(shown.stem if path.is_file() else shown.name, names)
         if path.is_dir():
-            out.layouts[name] = _scan_folder(path, name, out, videos)
+            out.layouts[name] = _scan_folder(path, name, out, videos, group_depth)
         elif path.suffix.lower() == ".csv":
             _scan_csv(path, name, out)
             out.layouts[name] = "csv"
@@ -281,7 +336,9 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _scan_folder(root: Path, dataset: str, out: Discovery, videos: bool = False) -> str:
+def _scan_folder(
+    root: Path, dataset: str, out: Discovery, videos: bool = False, group_depth: int | None = None
+) -> str:
     entries = sorted(p for p in root.iterdir() if _visible(p))
     dirs = [p for p in entries if p.is_dir()]
     split_dirs = [(d, s) for d in dirs if (s := parse_split(d.name)) is not None]
@@ -311,11 +368,13 @@ def _scan_folder(root: Path, dataset: str, out: Discovery, videos: bool = False)
                     f"{_listing(inner)}.\n" + describe_layout()
                 )
             for label_dir, label in labels:
-                _scan_label_folder(root, label_dir, label, split, dataset, out, videos)
+                _scan_label_folder(
+                    root, label_dir, label, split, dataset, out, videos, group_depth
+                )
         layout = "split folders"
     else:
         for label_dir, label in label_dirs:
-            _scan_label_folder(root, label_dir, label, None, dataset, out, videos)
+            _scan_label_folder(root, label_dir, label, None, dataset, out, videos, group_depth)
         layout = "label folders"
     if len(out.samples) == before and len(out.videos) == videos_before:
         others = [p for p in out.ignored if _is_below(p, root)]
@@ -354,29 +413,49 @@ def _scan_label_folder(
     dataset: str,
     out: Discovery,
     videos: bool = False,
+    group_depth: int | None = None,
 ) -> None:
     prefix = label_dir.relative_to(root).as_posix()
-    for here, filenames in walk_folders(label_dir):
-        sub = here.relative_to(label_dir).as_posix()
+    # listed first: whether a folder is a group depends on everything below it
+    listing = [(d.relative_to(label_dir).parts, names) for d, names in walk_folders(label_dir)]
+    groups: set[str] = set()
+    if group_depth is None:
+        below: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for parts, filenames in listing:
+            if parts:
+                below[parts[0]] += [(len(parts) - 1, name) for name in filenames]
+        groups = {top for top, files in below.items() if is_group_folder(files)}
+    for parts, filenames in listing:
+        here = label_dir.joinpath(*parts)
+        if group_depth is None:
+            depth = 1 if parts and parts[0] in groups else 0
+        else:  # a file above the group level has no group
+            depth = group_depth if len(parts) >= group_depth else 0
+        group = "/".join(parts[:depth]) or None
+        flat = len(parts) == depth  # right in the label folder or a group folder
         for fname in filenames:
             file = here / fname
             if videos and not fname.startswith(".") and _is_video_file(fname):
                 # a video file is always a video of its own, whatever its name looks like
                 video = file.relative_to(root).with_suffix("").as_posix()
-                out.videos.append(FoundVideo(file, label, split, video, dataset, root, label_dir))
+                out.videos.append(
+                    FoundVideo(file, label, split, video, dataset, root, label_dir, group)
+                )
                 continue
             if fname.startswith(".") or not is_image_file(fname):
                 out.ignored.append(file)
                 continue
-            frame = None
-            if sub != ".":
-                video = f"{prefix}/{sub}"
+            frame, stem = None, file.stem
+            if flat and not (depth and _NUMBER_STEM.match(stem)):
+                # videos by the frame-name rules, as in a label folder
+                video = "/".join((prefix, *parts, video_from_stem(stem) or stem))
+            else:
+                # the folder is the video, its path the id (groups change no id); so too for
+                # numbered frames right in a group folder (real/<video>/ with group_depth 1)
+                video = "/".join((prefix, *parts))
                 if m := _CROP_STEM.match(file.stem):
                     frame = f"{video}/{int(m.group('frame'))}"
-            else:
-                stem = file.stem
-                video = f"{prefix}/{video_from_stem(stem) or stem}"
-            out.samples.append(Sample(file, label, video, split, dataset, frame))
+            out.samples.append(Sample(file, label, video, split, dataset, frame, group))
 
 
 @dataclass
@@ -511,7 +590,7 @@ def _csv_row(
     video = "/".join(p for p in (split, label_name(label), key) if p)
     raw_frame = cell("frame")
     frame = f"{video}/{int(raw_frame) if raw_frame.isdigit() else raw_frame}" if raw_frame else None
-    return Sample(path, label, video, split, dataset, frame)
+    return Sample(path, label, video, split, dataset, frame, cell("group") or None)
 
 
 def row_label_and_split(
@@ -627,11 +706,12 @@ def _folder_rows(
     except ValueError:
         key = PurePath(*folder.parts[1:]).as_posix()  # elsewhere: drop the anchor
     video = "/".join(p for p in (split, label_name(label), cell("video") or key) if p)
+    group = cell("group") or None
     samples = []
     for path in images:
         m = _CROP_STEM.match(path.stem)
         frame = f"{video}/{int(m.group('frame'))}" if m else None
-        samples.append(Sample(path, label, video, split, dataset, frame))
+        samples.append(Sample(path, label, video, split, dataset, frame, group))
     return samples
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -9,7 +10,7 @@ from dataclasses import replace
 
 from deepfake_detect.data.labels import SPLIT_ORDER
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.errors import DataError
+from deepfake_detect.errors import ConfigError, DataError
 
 
 def assign_splits(
@@ -110,6 +111,49 @@ def _allocate(sizes: list[int], fractions: dict[str, float]) -> list[str]:
     return result
 
 
+def hold_out(
+    samples: Sequence[Sample], groups: Iterable[str]
+) -> tuple[list[Sample], list[Sample]]:
+    """``samples`` parted into (kept, held out), order kept: held out are the samples of
+    ``groups`` and every sample of a video one of them belongs to (per dataset), so that no
+    frame of a held-out video can reach training."""
+    wanted = set(groups)
+    videos = {(s.dataset, s.video) for s in samples if s.group in wanted}
+    kept: list[Sample] = []
+    held: list[Sample] = []
+    for s in samples:
+        (held if (s.dataset, s.video) in videos else kept).append(s)
+    return kept, held
+
+
+def check_holdout_groups(samples: Iterable[Sample], groups: Sequence[str]) -> None:
+    """Raise ConfigError unless every name in ``groups`` (``data.holdout_groups``) is the
+    group of some sample, naming the groups there are and the closest one."""
+    present = sorted({s.group for s in samples if s.group is not None})
+    unknown = [g for g in groups if g not in present]
+    if not unknown:
+        return
+    shown = ", ".join(repr(g) for g in unknown)
+    if not present:
+        raise ConfigError(
+            f"data.holdout_groups: no sample has a group, so {shown} cannot be held out; groups "
+            "come from folders under a label folder (fake/<method>/<video>/...; see "
+            "data.group_depth) or a CSV manifest's group column"
+        )
+    # case-blind, as "neuraltextures" surely means "NeuralTextures"
+    lowered = {g.lower(): g for g in present}
+    hints = [
+        repr(lowered[close[0]]) + (f" for {g!r}" if len(unknown) > 1 else "")
+        for g in unknown
+        if (close := difflib.get_close_matches(g.lower(), list(lowered), n=1, cutoff=0.6))
+    ]
+    hint = f" (did you mean {'; '.join(hints)}?)" if hints else ""
+    raise ConfigError(
+        f"data.holdout_groups: no sample is in group {shown}{hint}; the groups found are "
+        f"{', '.join(present)}"
+    )
+
+
 def check_splits(samples: Iterable[Sample], need_test: bool = False) -> None:
     """Raise DataError unless train and val (and test if ``need_test``) hold both classes."""
     counts = class_counts(samples)
@@ -149,6 +193,12 @@ def _fix(split: str, empty: list[str]) -> str:
         f"Fix: add {classes} images (at least two videos per class are needed to hold one out), "
         f"add a {split}/ folder with both classes, or raise {fraction}."
     )
+
+
+def label_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """Images per class name, whatever their split, e.g. ``{"real": 4, "fake": 9}``."""
+    counts = Counter(s.label for s in samples)
+    return {name: counts[i] for i, name in enumerate(CLASS_NAMES)}
 
 
 def class_counts(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:

@@ -14,6 +14,12 @@ from deepfake_detect.inference.aggregation import (
     aggregate_videos,
     register_aggregator,
 )
+from deepfake_detect.evaluation.bootstrap import (
+    bootstrap_intervals,
+    delong_test,
+    paired_auc_difference,
+)
+from deepfake_detect.evaluation.groups import group_metrics, write_groups_csv
 from deepfake_detect.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     average_precision,
@@ -33,6 +39,7 @@ _PLOTS = (
     "plot_confusion",
     "plot_score_histograms",
     "plot_learning_curves",
+    "plot_group_metrics",
     "save_evaluation_plots",
 )
 
@@ -42,10 +49,15 @@ __all__ = [
     "aggregate_videos",
     "average_precision",
     "binary_metrics",
+    "bootstrap_intervals",
     "confusion_matrix",
+    "delong_test",
     "equal_error_rate",
+    "group_metrics",
     "metrics_to_json",
+    "paired_auc_difference",
     "plot_confusion",
+    "plot_group_metrics",
     "plot_learning_curves",
     "plot_pr",
     "plot_roc",
@@ -56,6 +68,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "save_evaluation_plots",
+    "write_groups_csv",
 ]
 
 

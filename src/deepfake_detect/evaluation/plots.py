@@ -324,3 +324,95 @@ def plot_learning_curves(metrics_csv_path: str | Path, out_path: str | Path) -> 
         ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, out_path)
+
+
+_GROUP_BARS = (("auc", "AUC", "tab:blue"), ("ap", "AP", "tab:orange"), ("acc", "ACC", "tab:green"))
+
+
+def plot_group_metrics(
+    groups: dict[str, dict[str, Any]], path: str | Path, title: str = "Metrics per group"
+) -> Path | None:
+    """Grouped bars: groups along x, AUC / AP / ACC (at 0.5) at frame level (solid) and video
+    level (hatched; left out when there is none), with the bootstrap interval as error bars.
+
+    ``groups`` is :func:`deepfake_detect.evaluation.groups.group_metrics`' result: each group is
+    its fakes against all reals. None (nothing written) for an empty ``groups``.
+    """
+    if not groups:
+        return None
+    names = list(groups)
+    levels = [lv for lv in ("frame", "video") if any(groups[g].get(lv) for g in names)]
+    bars = [(lv, key, label, color) for lv in levels for key, label, color in _GROUP_BARS]
+    width = 0.8 / len(bars)
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) * len(bars) / 3 + 3.0), 4.5))
+    ax = fig.add_subplot()
+    for i, (level, key, label, color) in enumerate(bars):
+        values, low, high = _group_bar_values(groups, names, level, key)
+        # the percentile interval need not hold the estimate: no negative error-bar length
+        err = np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values), width, color=color,
+               hatch="//" if level == "video" else None, edgecolor="white" if level == "video"
+               else color, yerr=np.nan_to_num(err), capsize=2, error_kw={"lw": 0.8},
+               label=f"{label} {level}", alpha=0.9)
+    ax.set_xticks(x, labels=[f"{g}\n{_fake_count(groups[g])}" for g in names],
+                  rotation=20 if len(names) > 6 else 0)
+    ax.set(ylim=(0.0, 1.05), ylabel="metric (each group's fakes vs all reals)", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    # beside the axes: inside, it would hide the bars of the last groups
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+              title="error bars:\n95% bootstrap\ninterval", title_fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _fake_count(entry: dict[str, Any]) -> str:
+    """``12 fake frames / 3 videos`` (or ``3 fake videos`` when the rows are videos)."""
+    frame, video = entry.get("frame"), entry.get("video")
+    if frame is None:
+        return f"{entry['n_fake']} fake videos"
+    return f"{entry['n_fake']} fake frames" + (f" / {video['n_fake']} videos" if video else "")
+
+
+def _group_bar_values(
+    groups: dict[str, dict[str, Any]], names: Sequence[str], level: str, key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, low, high) of one metric at one level for every group, NaN where missing."""
+    def num(x: Any) -> float:
+        return math.nan if x is None else float(x)
+
+    rows = []
+    for name in names:
+        m = groups[name].get(level) or {}
+        bounds = (m.get("ci") or {}).get(key) or {}
+        value = num(m.get(key))
+        rows.append((value, num(bounds.get("low", value)), num(bounds.get("high", value))))
+    values, low, high = (np.asarray(col, dtype=np.float64) for col in zip(*rows))
+    return values, low, high
+
+
+def plot_matrix_heatmap(
+    values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str,
+    path: str | Path, higher_is_better: bool = True,
+) -> Path:
+    """A (checkpoint x dataset) table of one metric as a heatmap with the value in each cell
+    (``n/a`` where a cell has none, e.g. frame AUC of a video detector); the colour scale runs
+    over [0, 1], reversed for metrics where lower is better (EER)."""
+    values = np.asarray(values, dtype=np.float64)
+    fig = Figure(figsize=(1.6 + 1.3 * len(columns), 1.2 + 0.55 * len(rows)))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis" if higher_is_better
+                      else "viridis_r", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            # dark text on the light end of the scale, light text on the dark end
+            light = not math.isnan(v) and ((v > 0.6) == higher_is_better)
+            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="center",
+                    color="black" if light else "white", fontsize="small")
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=20 if len(columns) > 4 else 0)
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set(xlabel="dataset", ylabel="checkpoint", title=title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, path)

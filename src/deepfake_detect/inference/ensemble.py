@@ -382,34 +382,51 @@ class Ensemble:
             m.model.place(device)
 
     def member_values(
-        self, samples: Sequence[Any], options: ScoringOptions, description: str = "scoring"
+        self, samples: Sequence[Any], options: ScoringOptions, description: str = "scoring",
+        *, views: Sequence[Any] | None = None,
     ) -> tuple[np.ndarray, dict[int, str]]:
         """(members, inputs) values of :meth:`member_output` (NaN where unreadable) and the
         errors. Each member reads the inputs with its own transform; only one member is on
-        the device at a time."""
+        the device at a time. With ``views`` (see :meth:`LoadedModel.score_images`) the values
+        are (members, 1 + len(views), inputs), view 0 the clean one: each member applies the
+        views to the decoded image before its own transform."""
         self.check(options)
-        values = np.full((len(self.members), len(samples)), np.nan, dtype=np.float64)
+        shape = (len(samples),) if views is None else (1 + len(views), len(samples))
+        values = np.full((len(self.members), *shape), np.nan, dtype=np.float64)
         errors: dict[int, str] = {}
         for i, m in enumerate(self.members):
             result = m.model.score_images(samples, options, f"{description} [{m.name}]",
-                                          output=self.member_output(m.model))
-            values[i] = result.scores
+                                          output=self.member_output(m.model), views=views)
+            values[i] = result.scores if views is None else result.views
             for index, reason in result.errors.items():
                 errors.setdefault(index, reason)
             m.model.release()  # one member on the device at a time
         return values, errors
 
     def score_images(self, samples: Sequence[Any], options: ScoringOptions,
-                     description: str = "scoring") -> EnsembleScores:
+                     description: str = "scoring", *, views: Sequence[Any] | None = None
+                     ) -> EnsembleScores:
         """``scores`` the ensemble score, ``std`` the members' disagreement, ``members`` each
-        member's P(fake). An input that any member could not read gets NaN."""
-        values, errors = self.member_values(samples, options, description)
+        member's P(fake). An input that any member could not read gets NaN. With ``views``,
+        ``views`` holds the ensemble score per view ``(1 + len(views), inputs)``, row 0 the
+        clean view (``scores``; ``std`` and ``members`` are the clean view's)."""
+        values, errors = self.member_values(samples, options, description, views=views)
+        per_view = values if views is not None else values[:, None]  # (members, V, inputs)
+        combined = np.stack([self._combined(per_view[:, v]) for v in range(per_view.shape[1])])
+        clean = per_view[:, 0]
+        bad = np.isnan(clean).any(axis=0)
+        std = self.disagreement(np.where(bad, 0.0, clean))
+        std[bad] = np.nan
+        return EnsembleScores(scores=combined[0], errors=errors, std=std,
+                              members=self.member_probabilities(clean),
+                              views=combined if views is not None else None)
+
+    def _combined(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`combine` of (members, inputs) values, NaN where any member has none."""
         bad = np.isnan(values).any(axis=0)
         scores = self.combine(np.where(bad, 0.0, values))
-        std = self.disagreement(np.where(bad, 0.0, values))
-        scores[bad], std[bad] = np.nan, np.nan
-        members = self.member_probabilities(values)
-        return EnsembleScores(scores=scores, errors=errors, std=std, members=members)
+        scores[bad] = np.nan
+        return scores
 
     def score_clips(self, samples: Sequence[Any], options: ScoringOptions,
                     description: str = "scoring clips") -> VideoScores:

@@ -55,6 +55,10 @@ class Scores:
     None for other detectors and with TTA or Monte-Carlo dropout.
 
     ``members``: for an ensemble, each member's P(fake), shape (members, inputs); else None.
+
+    ``views``: when scored with views (robustness sweeps), P(fake) per view and input, shape
+    (views, inputs), row 0 the clean view (equal to ``scores``); else None. ``std``, ``var``
+    and ``members`` belong to the clean view.
     """
 
     scores: np.ndarray
@@ -62,6 +66,7 @@ class Scores:
     std: np.ndarray | None = None
     var: np.ndarray | None = None
     members: np.ndarray | None = None
+    views: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -163,12 +168,13 @@ def _progress(options: ScoringOptions):
     return Progress(console=Console(stderr=True), disable=not options.progress, transient=True)
 
 
-def _loader(dataset, options: ScoringOptions):
+def _loader(dataset, options: ScoringOptions, batch: int | None = None):
+    """Batches of ``batch`` items (default ``options.batch_size``)."""
     from torch.utils.data import DataLoader
 
     from deepfake_detect.data.datasets import collate_skipping
 
-    workers, batch = options.workers, options.batch_size
+    workers, batch = options.workers, batch or options.batch_size
     return DataLoader(
         dataset, batch_size=batch, shuffle=False,
         num_workers=min(workers, max(1, len(dataset) // batch)) if workers else 0,
@@ -219,8 +225,12 @@ class Predictor(Protocol):
         """Put the model(s) on ``device`` for :meth:`score_crops`."""
 
     def score_images(self, samples: Sequence[Any], options: ScoringOptions,
-                     description: str = "scoring") -> Scores:
-        """Image files (paths or samples) in order, one score each."""
+                     description: str = "scoring", *, views: Sequence[Any] | None = None
+                     ) -> Scores:
+        """Image files (paths or samples) in order, one score each; with ``views`` (callables
+        on the decoded PIL image, see
+        :class:`~deepfake_detect.data.datasets.FaceImageDataset`) also one per view in
+        ``Scores.views``, every file decoded once."""
 
     def score_clips(self, samples: Sequence[Sample], options: ScoringOptions,
                     description: str = "scoring clips") -> VideoScores:
@@ -397,6 +407,8 @@ class LoadedModel:
         options: ScoringOptions,
         description: str = "scoring",
         output: Output | None = None,
+        *,
+        views: Sequence[Any] | None = None,
     ) -> Scores:
         """Score image files in order; unreadable files get NaN and an error, the rest go on.
 
@@ -406,6 +418,14 @@ class LoadedModel:
         variance belongs to one deterministic pass over the un-augmented input): that of the
         logit the scores come from, with the default ``output`` the calibrated ``z / T``, so
         ``exp(log_var) / T**2``; with a custom ``output`` the raw ``exp(log_var)``.
+
+        ``views`` (robustness sweeps): callables applied to each decoded image before the
+        transform (:class:`~deepfake_detect.data.datasets.FaceImageDataset`); every file is
+        decoded once, its clean image and views go through this same forward step side by side
+        (TTA and dropout apply to each view), and ``Scores.views`` holds ``(1 + len(views),
+        inputs)`` values, row 0 the clean view (``scores``; ``std`` and ``var`` are its own). A
+        loader batch then holds ``batch_size // (1 + len(views))`` files (at least one), so
+        about ``batch_size`` images go through the model at once, as without views.
         """
         from deepfake_detect.data.datasets import FaceImageDataset
 
@@ -413,9 +433,12 @@ class LoadedModel:
         samples = _as_samples(samples)
         device = options.device
         self.place(device)
-        loader = _loader(FaceImageDataset(samples, self.transform), options)
+        dataset = FaceImageDataset(samples, self.transform, views)
+        n_views = dataset.n_views
+        loader = _loader(dataset, options, max(1, options.batch_size // n_views))
         n = len(samples)
         scores = np.full(n, np.nan, dtype=np.float64)
+        view_scores = np.full((n_views, n), np.nan, dtype=np.float64) if views is not None else None
         errors: dict[int, str] = {}
         std = np.full(n, np.nan, dtype=np.float64) if options.mc_dropout else None
         variance = (self.module.predicts_variance and options.tta is None
@@ -431,19 +454,26 @@ class LoadedModel:
                     errors[path_index[path]] = reason
                 if batch["image"] is not None:
                     x = batch["image"].to(device, non_blocking=True)
+                    if view_scores is not None:  # (B, V, 3, S, S): the views side by side
+                        x = x.flatten(0, 1)
                     if device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     index = batch["index"].numpy()
                     values = score_batch(self, x, options, output, seed=options.seed + int(index[0]),
                                          variance=variance)
+                    # per input of the forward, then the clean view (every n_views-th) apart
+                    mean = values.mean.float().cpu().numpy()
+                    if view_scores is not None:
+                        view_scores[:, index] = mean.reshape(len(index), n_views).T
+                    clean = slice(None, None, n_views)
                     if std is not None:
-                        std[index] = values.std.float().cpu().numpy()
+                        std[index] = values.std.float().cpu().numpy()[clean]
                     if var is not None:
-                        var[index] = (values.log_var.float().exp() * var_scale).cpu().numpy()
-                    scores[index] = values.mean.float().cpu().numpy()
+                        var[index] = (values.log_var.float().exp() * var_scale).cpu().numpy()[clean]
+                    scores[index] = mean[clean]
                 done = len(batch["skipped"]) + (0 if batch["image"] is None else len(batch["label"]))
                 bar.advance(task, done)
-        return Scores(scores=scores, errors=errors, std=std, var=var)
+        return Scores(scores=scores, errors=errors, std=std, var=var, views=view_scores)
 
     @torch.inference_mode()
     def score_clips(

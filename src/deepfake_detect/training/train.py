@@ -57,6 +57,8 @@ class TrainResult:
     best_score: float | None
     val_metrics: dict[str, float] = field(default_factory=dict)
     test_metrics: dict[str, Any] | None = None
+    # data.holdout_groups: the held-out groups' set scored like the test split (never mixed in)
+    heldout_metrics: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -274,18 +276,34 @@ def _train(
             save_adapter(trained, run_dir / "adapter", trained_meta)
         best_model = LoadedModel.load(best)
         export_safetensors(best_model.module, run_dir / "model.safetensors", best_model.meta)
-        test = datamodule.samples("test")
-        if tcfg.evaluate_test and test:
-            options = ScoringOptions(
-                batch_size=config.data.eval_batch_size or config.data.batch_size,
-                num_workers=config.data.num_workers, tta=config.eval.tta, progress=show_progress,
-            )
-            result.test_metrics = evaluate_samples(
-                best_model, test, run_dir / "test", threshold=best_model.threshold,
+        options = ScoringOptions(
+            batch_size=config.data.eval_batch_size or config.data.batch_size,
+            num_workers=config.data.num_workers, tta=config.eval.tta, progress=show_progress,
+        )
+        # the in-distribution test split and the held-out groups: scored apart, never mixed
+        sets = [("test", datamodule.samples("test") if tcfg.evaluate_test else [])]
+        if config.data.holdout_groups:  # asked for by name: scored even without evaluate_test
+            sets.append(("heldout", datamodule.samples("heldout")))
+        rule = config.eval.threshold
+        origin = (f"fixed (eval.threshold.value {rule.value})" if rule.strategy == "fixed"
+                  else f"chosen on validation (eval.threshold.strategy {rule.strategy})")
+        for name, samples in sets:
+            if not samples:
+                continue
+            metrics = evaluate_samples(
+                best_model, samples, run_dir / name, threshold=best_model.threshold,
                 video_aggregation=config.eval.video_aggregation, plots=config.eval.plots,
-                name="test", options=options,
+                name=name, options=options, bootstrap=config.eval.bootstrap,
+                seed=config.eval.seed, threshold_origin=origin,
+                data_path=", ".join(str(p) for p in config.data.path),
             )
-            result.skipped.update({e["path"]: e["error"] for e in result.test_metrics["skipped_files"]})
+            if name == "test":
+                result.test_metrics = metrics
+            else:
+                result.heldout_metrics = metrics
+            result.skipped.update({e["path"]: e["error"] for e in metrics["skipped_files"]})
+        if result.heldout_metrics is not None:
+            _print_side_by_side(result, config.data.holdout_groups)
     _write_report(run_dir, result, datamodule, tcfg.monitor, time.time() - started)
     if config.eval.plots and (run_dir / "metrics.csv").is_file():
         from deepfake_detect.evaluation.plots import plot_learning_curves
@@ -314,7 +332,7 @@ def _prepend_history(path: Path, history: list[dict[str, str]]) -> None:
         writer.writerows([*kept, *new])
 
 
-def _print(text: str) -> None:
+def _print(text: Any) -> None:
     from rich.console import Console
 
     Console(stderr=True).print(text)
@@ -341,6 +359,32 @@ def _feature_cache(config: ExperimentConfig, dm: FaceDataModule, detector) -> Fe
     return FeatureCache(sizes, strategy.cache_max_gb * 2**30)
 
 
+def _print_side_by_side(result: TrainResult, groups: list[str]) -> None:
+    """The in-distribution test's and the held-out groups' figures, side by side."""
+    from rich.table import Table
+
+    from deepfake_detect.evaluation.evaluate import summary_rows
+
+    columns = {"held-out groups (" + ", ".join(groups) + ")": result.heldout_metrics}
+    if result.test_metrics is not None:
+        columns = {"in-distribution test": result.test_metrics, **columns}
+    rows = {name: dict(summary_rows(metrics)) for name, metrics in columns.items()}
+    table = Table(title="test results")
+    table.add_column("")
+    for name in columns:
+        table.add_column(name)
+    keys: list[str] = []  # both columns' rows, each in its order (their group rows differ)
+    for per in rows.values():
+        at = 0
+        for key in per:
+            if key not in keys:
+                keys.insert(at, key)
+            at = keys.index(key) + 1
+    for key in keys:
+        table.add_row(key, *(per.get(key, "") for per in rows.values()))
+    _print(table)
+
+
 def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monitor: str, seconds: float) -> None:
     report = {
         "run_dir": str(run_dir),
@@ -354,9 +398,25 @@ def _write_report(run_dir: Path, result: TrainResult, dm: FaceDataModule, monito
         "skipped": len(result.skipped),
         "skipped_files": [{"path": p, "error": e} for p, e in sorted(result.skipped.items())],
         "test": result.test_metrics and {k: result.test_metrics[k] for k in ("frame", "video")},
+        **_heldout_report(result, dm),
         "seconds": round(seconds, 1),
     }
     (run_dir / "report.json").write_text(json.dumps(metrics_to_json(report), indent=2), "utf-8")
+
+
+def _heldout_report(result: TrainResult, dm: FaceDataModule) -> dict[str, Any]:
+    """``{"heldout": ...}`` beside "test" when data.holdout_groups is set (else nothing): which
+    groups, where its reals come from, its images per class and its frame / video metrics."""
+    if dm.heldout_reals_from is None:
+        return {}
+    held = result.heldout_metrics
+    return {"heldout": {
+        "groups": list(dm.data.holdout_groups),
+        "reals_from": dm.heldout_reals_from,
+        "class_counts": dm.heldout_counts(),
+        "frame": held and held["frame"],
+        "video": held and held["video"],
+    }}
 
 
 def _log_mlflow_artifacts(loggers: list, run_dir: Path, log_model: bool) -> None:
@@ -371,5 +431,6 @@ def _log_mlflow_artifacts(loggers: list, run_dir: Path, log_model: bool) -> None
             for name in names:
                 if (run_dir / name).is_file():
                     client.log_artifact(run_id, str(run_dir / name))
-            if (run_dir / "test").is_dir():
-                client.log_artifacts(run_id, str(run_dir / "test"), artifact_path="test")
+            for name in ("test", "heldout"):
+                if (run_dir / name).is_dir():
+                    client.log_artifacts(run_id, str(run_dir / name), artifact_path=name)
