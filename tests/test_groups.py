@@ -254,3 +254,20 @@ def test_training_reports_test_and_heldout_apart(tmp_path: Path) -> None:
     assert sum(per["fake"] for per in counts.values()) == 2 * 3 * 2
     assert (result.run_dir / "heldout" / "metrics.json").is_file()
     assert result.heldout_metrics is not None and result.test_metrics is not None
+
+
+def test_training_runs_the_recipes_robustness_sweep_on_the_test_split(tmp_path: Path) -> None:
+    from deepfake_detect.training.train import train
+
+    root = ffpp(tmp_path / "ff", reals=8)
+    base = tiny_config(root, tmp_path / "runs", epochs=1)
+    base["data"].update(test_fraction=0.25, val_fraction=0.25)
+    base["eval"] = {"plots": False, "perturb": ["jpeg:40"], "bootstrap": 20}
+    result = train(load_config(base=base), out=tmp_path / "run")
+    rows = (result.run_dir / "test" / "robustness" / "robustness.csv").read_text().splitlines()
+    assert rows[0].startswith("perturbation,severity,level") and len(rows) == 1 + 2 * 2
+    # a bad spec is refused before any training
+    base["eval"]["perturb"] = ["jpg:40"]
+    with pytest.raises(ConfigError, match="jpeg"):
+        train(load_config(base=base), out=tmp_path / "run2")
+    assert not (tmp_path / "run2" / "checkpoints").exists()

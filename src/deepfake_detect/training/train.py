@@ -179,6 +179,10 @@ def _train(
         from deepfake_detect.inference.tta import parse_tta
 
         parse_tta(config.eval.tta)
+    if config.eval.perturb:  # likewise a bad robustness spec
+        from deepfake_detect.data.perturb import parse_perturbations
+
+        parse_perturbations(config.eval.perturb)
     if data_cls is ClipDataModule and config.data.augment.cutmix_alpha > 0:
         raise ConfigError(
             "data.augment.cutmix_alpha: cutmix cuts boxes out of images, not clips; the video "
@@ -297,6 +301,16 @@ def _train(
                 seed=config.eval.seed, threshold_origin=origin,
                 data_path=", ".join(str(p) for p in config.data.path),
             )
+            if config.eval.perturb and best_model.input_kind == "images":
+                # robustness of the final model on the same set (eval.perturb), kept apart
+                from deepfake_detect.evaluation.robustness import robustness_sweep
+
+                sweep = robustness_sweep(
+                    best_model, samples, config.eval.perturb, run_dir / name,
+                    best_model.threshold, config.eval.video_aggregation, options, name=name,
+                    bootstrap=config.eval.bootstrap, seed=config.eval.seed,
+                )
+                metrics["robustness"] = {"rows": sweep["rows"], "dir": str(sweep["dir"])}
             if name == "test":
                 result.test_metrics = metrics
             else:
