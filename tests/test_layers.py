@@ -1,5 +1,5 @@
 """The package's layers import one way (config < data < models < inference < evaluation <
-calibration < training < demo < cli), and no module imports itself back through a cycle."""
+calibration < training < demo < serve < cli), and no module imports itself back through a cycle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import deepfake_detect
 
 PACKAGE = Path(deepfake_detect.__file__).parent
 LAYERS = ["config", "data", "models", "inference", "evaluation", "calibration", "training",
-          "demo", "cli"]
+          "demo", "serve", "cli"]
 # Below every layer: the error types, the output rules, the run facts and dynamic batching
 # that everything may use.
 FOUNDATION = {"errors", "outputs", "runinfo", "batching", "__init__"}

@@ -260,9 +260,18 @@ def _png_ours(path: Path) -> bool:
         return str(im.info.get("Software", "")).startswith(PNG_SOFTWARE)
 
 
+def _onnx_ours(path: Path) -> bool:
+    """An ONNX model this tool exported: its metadata holds the ``deepfake_detect.format`` key
+    (read from the protobuf without loading the graph's weights)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(p.key == "deepfake_detect.format" for p in model.metadata_props)
+
+
 _SIGNATURES: dict[str, Callable[[Path], bool]] = {
     ".csv": _csv_ours, ".json": _json_ours, ".safetensors": _safetensors_ours,
-    ".yaml": _yaml_ours, ".yml": _yaml_ours, ".png": _png_ours,
+    ".yaml": _yaml_ours, ".yml": _yaml_ours, ".png": _png_ours, ".onnx": _onnx_ours,
 }
 
 

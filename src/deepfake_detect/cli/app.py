@@ -51,8 +51,9 @@ Checkpoint = Annotated[
 ]
 Checkpoints = Annotated[
     list[Path],
-    typer.Option("--checkpoint", help="A .ckpt or .safetensors written by train (with --config: any "
-                 "weights file that model reads). Repeat it to combine several checkpoints as an "
+    typer.Option("--checkpoint", help="A .ckpt or .safetensors written by train, or a .onnx "
+                 "written by export --format onnx (run with ONNX Runtime); with --config: any "
+                 "weights file that model reads. Repeat it to combine several checkpoints as an "
                  "ensemble, or give one ensemble .yaml (written by calibrate)."),
 ]
 EnsembleMethod = Annotated[str | None, typer.Option(
@@ -349,6 +350,8 @@ def benchmark(
         "deepfake-detect predict --checkpoint best.ckpt clip.mp4 --tta default --mc-dropout 8",
         "deepfake-detect predict --checkpoint runs/b3/model.safetensors --checkpoint runs/swin/model.safetensors --ensemble logits faces/",
         "deepfake-detect predict --checkpoint runs/ensemble.yaml videos/ --out preds.csv",
+        "deepfake-detect predict --checkpoint best.ckpt group_photo.jpg clip.mp4 --explain heatmaps/ --per-frame faces.csv",
+        "deepfake-detect predict --checkpoint best.ckpt --crops faces/ --explain heatmaps/ --out preds.csv",
     )
 )
 def predict(
@@ -395,6 +398,11 @@ def predict(
     ensemble: EnsembleMethod = None,
     weights: Weights = None,
     force: Force = False,
+    explain: Annotated[Path | None, typer.Option(
+        help="Also write a heatmap of every scored face into this folder: "
+        "<file stem>/<frame:05d>_<face>.png, Grad-CAM of the fake logit blended on the crop "
+        "(--per-frame gains a heatmap column). Image detectors only; an ensemble is explained "
+        "with its first checkpoint. Slower: each face needs a backward pass.")] = None,
 ) -> None:
     """Score photos and videos: label 1 = fake at the checkpoint's threshold, score = P(fake).
 
@@ -415,7 +423,7 @@ def predict(
         model=_model_source(checkpoint, config, ensemble, weights), inputs=inputs or [],
         video_dirs=video_dir or [], threshold=threshold, crops=crops, detect_faces=detect_faces,
         select=select, aggregation=aggregation, out=out, json_out=json_out, per_frame=per_frame,
-        format=output_format, fail_label=fail_label, force=force,
+        format=output_format, fail_label=fail_label, force=force, explain=explain,
         options=_options(batch_size, workers, device, tta, mc_dropout),
     )
     report = run_predict(_checked(request))
@@ -428,29 +436,114 @@ def predict(
     without = f", {no_face} without a face" if no_face else ""
     console.print(f"{counts['ok']} scored{without}, {failed} failed"
                   + (f" -> {out}" if out else ""))
+    if explain is not None:
+        console.print(f"{report.heatmaps} heatmaps -> {escape(str(explain))}")
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect serve --checkpoint runs/x1/model.safetensors",
+        "deepfake-detect serve --checkpoint best.ckpt --port 9000 --token $(openssl rand -hex 16)",
+        "DEEPFAKE_DETECT_TOKEN=s3cret deepfake-detect serve --checkpoint runs/ensemble.yaml --host 0.0.0.0",
+        "deepfake-detect serve --checkpoint best.ckpt --cors-origin https://review.example.org --max-upload-mb 200 --timeout 120",
+        "curl -F file=@photo.jpg -F aggregation=max http://127.0.0.1:8000/v1/predict",
+    )
+)
+def serve(
+    checkpoint: Checkpoints,
+    config: ModelYaml = None,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on (default: loopback only; 0.0.0.0: every interface, then set "
+        "a token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    token: Annotated[str | None, typer.Option(
+        help="Bearer token required on /v1 and /metrics (default: $DEEPFAKE_DETECT_TOKEN; "
+        "neither: open).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(
+        min=0.001, help="Largest upload accepted, in MB (larger: HTTP 413).")] = 500.0,
+    timeout: Annotated[float, typer.Option(
+        min=0.001, help="Seconds one photo request or one video job may take (photo: HTTP "
+        "504; video: the job fails).")] = 300.0,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="An origin whose pages may call the API from a browser (repeatable; default: "
+        "none, CORS off).")] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(
+        help="Face crops per forward pass (concurrent requests share batches).")] = 64,
+) -> None:
+    """Serve the model over HTTP: POST a photo or video to /v1/predict and get P(fake), the
+    verdict at the checkpoint's threshold, per-face and per-frame scores and the model card.
+
+    Scores equal predict's for the same file. Photos are answered at once (concurrent
+    requests share the model's batches); videos become jobs to poll at /v1/jobs/<id>. A web
+    page is at /, Prometheus metrics at /metrics, a health check at /healthz. Uploads are typed
+    by their content, limited in size and kept in a private temporary folder only while
+    analysed.
+    """
+    import uvicorn
+
+    from deepfake_detect.serve import ServeSettings, create_app
+
+    settings = ServeSettings(
+        checkpoints=checkpoint, config=config, host=host, port=port, token=token,
+        max_upload_mb=max_upload_mb, timeout_s=timeout, cors_origins=cors_origin or [],
+        device=device, batch_size=batch_size,
+    ).resolved()
+    _options(batch_size, 0, device)  # a bad --batch-size or --device, before the model loads
+    try:
+        settings.check()
+    except DeepfakeDetectError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    api = create_app(settings)  # the model is loaded here, once
+    if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning[/yellow]: listening on {escape(host)} without a token: "
+                      "anyone who reaches this port can use the model (set --token)")
+    console.print(f"serving on http://{escape(host)}:{port} (Ctrl-C stops)")
+    uvicorn.run(api, host=host, port=port)
 
 
 @app.command(
     epilog=_examples(
         "deepfake-detect export --checkpoint runs/e1/checkpoints/best.ckpt --out effort_mine.safetensors",
         "deepfake-detect export -c configs/effort.yaml --checkpoint effort_clip_L14_trainOn_FaceForensic.pth --out effort_ff.safetensors",
+        "deepfake-detect export --checkpoint runs/e1/model.safetensors --format onnx --out detector.onnx",
+        "deepfake-detect export --checkpoint runs/e1/model.safetensors --out detector_fp16.onnx --fp16",
+        "deepfake-detect predict faces/ --crops --checkpoint detector.onnx --out predictions.csv",
     )
 )
 def export(
     checkpoint: Checkpoint,
-    out: Annotated[Path, typer.Option(help="The .safetensors file to write.")],
+    out: Annotated[Path, typer.Option(help="The file to write: .safetensors, or .onnx with --format onnx.")],
     config: ModelYaml = None,
     threshold: Threshold = None,
+    export_format: Annotated[str | None, typer.Option(
+        "--format", metavar="safetensors|onnx",
+        help="safetensors: a standalone checkpoint; onnx: an ONNX model (dynamic batch axis, "
+        "preprocessing, face settings, threshold and temperature in its metadata) that "
+        "predict, evaluate and serve run with ONNX Runtime. Default: from the --out suffix.")] = None,
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="With --format onnx: a float16 graph (for GPUs; float32 input and "
+        "output), checked against PyTorch at a looser tolerance (1e-2 instead of 1e-4).")] = False,
     force: Force = False,
 ) -> None:
-    """Write a standalone inference checkpoint: weights in their fastest form (Effort residuals
-    merged into plain layers) plus the model config, preprocessing and threshold.
+    """Write a standalone inference model: weights in their fastest form (Effort residuals and
+    LoRA adapters merged into plain layers) plus the model config, preprocessing and threshold.
+
+    With --format onnx the graph maps the preprocessed batch (B, 3, S, S) (a video detector:
+    clips (B, T, 3, S, S)) to the logits and the fake logit; before the file is written,
+    PyTorch and ONNX Runtime score the same random batch and the export is refused (nothing
+    written) when P(fake) differs by more than 1e-4 (fp32).
     """
     from deepfake_detect.models.checkpoint import export_checkpoint
 
-    result = export_checkpoint(checkpoint, out, config=config, threshold=threshold, force=force)
+    result = export_checkpoint(checkpoint, out, config=config, threshold=threshold, force=force,
+                               format=export_format, fp16=fp16)
+    parity = ""
+    if result.format == "onnx":
+        parity = (f", ONNX {result.precision}, max |ΔP(fake)| vs PyTorch {result.max_diff:.2g} "
+                  f"<= {result.tolerance:g}")
     console.print(f"wrote {result.path} ({result.size_mib:.1f} MiB, detector {result.detector!r}, "
-                  f"threshold {result.threshold:.4g})")
+                  f"threshold {result.threshold:.4g}{parity})")
 
 
 @app.command(

@@ -509,7 +509,7 @@ def load_ensemble(
     names = _member_names([c for c, _, _ in entries])
     members = []
     for name, (ckpt, cfg_path, weight) in zip(names, entries):
-        members.append(Member(name, str(ckpt), LoadedModel.load(ckpt, cfg_path), float(weight),
+        members.append(Member(name, str(ckpt), load_one(ckpt, cfg_path), float(weight),
                               None if cfg_path is None else str(cfg_path)))
     return Ensemble(members, method, threshold, temperature, calibration)
 
@@ -556,10 +556,25 @@ class ModelSource:
             parse_weights(self.weights, len(self.checkpoints))
 
     def load(self) -> Predictor:
+        """One model (a ``.onnx`` path: an :class:`~deepfake_detect.inference.onnx_model.OnnxModel`
+        run by ONNX Runtime) or an ensemble, whose members may be ``.onnx`` files too."""
         self.check()
         if self.kind == "model":
-            return LoadedModel.load(self.checkpoints[0], self.config)
+            return load_one(self.checkpoints[0], self.config)
         return load_ensemble(self.checkpoints, self.method, self.weights, self.config)
+
+
+def load_one(path: str | Path, config: str | Path | None = None) -> LoadedModel:
+    """One checkpoint ready to score: a ``.onnx`` file exported by this tool runs in ONNX
+    Runtime (:class:`~deepfake_detect.inference.onnx_model.OnnxModel`), anything else is read
+    by :meth:`LoadedModel.load`."""
+    from deepfake_detect.models.onnx_export import is_onnx_path
+
+    if is_onnx_path(path):
+        from deepfake_detect.inference.onnx_model import OnnxModel
+
+        return OnnxModel.load(path, config)
+    return LoadedModel.load(path, config)
 
 
 def load_predictor(

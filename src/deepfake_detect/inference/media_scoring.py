@@ -16,7 +16,7 @@ the standard deviation over the passes of the file's aggregated score (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,9 @@ class MediaResult:
     per_face: list[FaceScore] = field(default_factory=list)
     # with MC dropout: std over the passes of the file's aggregated score (MediaScorer.score)
     score_std: float | None = None
+    # with MediaScorer.score(keep_crops=True): the face crops (RGB uint8), in the order of
+    # per_face; never written out (the outputs list their fields by name)
+    crops: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
 SELECTIONS = ("all", "largest", "relative")
@@ -137,7 +140,13 @@ class MediaScorer:
         """The scores of one file's face crops (:meth:`Predictor.score_crops`)."""
         return self.predictor.score_crops(crops, self.options)
 
-    def score(self, path: str | Path) -> MediaResult:
+    def score(
+        self,
+        path: str | Path,
+        *,
+        keep_crops: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> MediaResult:
         """Find, crop and score the faces of one file and aggregate them into its score.
 
         With Monte-Carlo dropout each face's score is its mean over the passes, and the file's
@@ -148,19 +157,41 @@ class MediaScorer:
         faces of a pass partly average out, and rules like ``max`` or ``confident`` pick
         different faces in different passes). For the ``mean`` aggregator the file score
         equals the mean of the per-pass scores; for the others it can differ from it slightly.
+
+        ``keep_crops``: the face crops go into ``MediaResult.crops`` (for heatmaps), in the
+        order of ``per_face``. ``progress(done, total)`` is called as the sampled frames are cut
+        (a photo: 1 of 1), ``total`` being the frames the video's plan samples; once the faces
+        are scored it is called with ``(frames, frames)``, the frames actually read, so that it
+        always ends at its total (``(0, 0)`` for a file of which nothing could be read). An
+        exception raised by ``progress`` propagates (it is not the file's failure).
         """
         path = Path(path)
         faces = self.pipeline.file(path)
         crops: list[np.ndarray] = []
         where: list[tuple[int, int, float, list[float]]] = []
+        cuts = faces if progress is None else _reporting(faces, progress)
         try:
-            for cut in faces:
+            for cut in cuts:
                 if cut.ok:
                     crops.append(cut.pixels)
                     where.append((cut.frame, cut.track or 0, cut.time,
                                   [round(float(v), 1) for v in cut.box]))
+        except _CallbackError as e:  # the caller's own failure (e.g. a cancelled job): theirs
+            raise e.__cause__ from None
         except Exception as e:  # noqa: BLE001 - e.g. a detector failure; the batch goes on
-            return MediaResult(str(path), None, faces.frames, 0, f"unreadable: {e}", faces.notes)
+            result = MediaResult(str(path), None, faces.frames, 0, f"unreadable: {e}", faces.notes)
+        else:
+            result = self._scored(path, faces, crops, where)
+        if keep_crops and result.per_face:
+            result.crops = crops
+        if progress is not None:
+            progress(result.frames, result.frames)
+        return result
+
+    def _scored(self, path: Path, faces, crops: list[np.ndarray],
+                where: list[tuple[int, int, float, list[float]]]) -> MediaResult:
+        """The result of a file whose cuts have all been read: its failure, no face, or the
+        crops scored and aggregated."""
         notes = faces.notes
         if faces.decode_error:
             notes.append(f"decoding stopped early: {faces.decode_error}")
@@ -191,10 +222,38 @@ class MediaScorer:
                            file_std)
 
 
+class _CallbackError(Exception):
+    """Raised from the caller's progress callback (its exception is the cause)."""
+
+
+def _reporting(faces, progress: Callable[[int, int], None]):
+    """The cuts of ``faces``, calling ``progress(done, total)`` at each new frame (every frame
+    gives at least one cut, a frame without a face one without pixels)."""
+    # The frames a video's plan samples (read from its frame stream: MediaFaces exposes no
+    # count before decoding ends; None where the plan is open-ended); a photo is one.
+    stream = getattr(faces, "_stream", None)
+    planned = getattr(stream, "planned", None) if stream is not None else 1
+    last, done = None, 0
+    for cut in faces:
+        if cut.frame != last:
+            last, done = cut.frame, done + 1
+            try:
+                progress(done, max(done, planned or done))
+            except Exception as exc:
+                raise _CallbackError from exc
+        yield cut
+
+
 def score_media(
-    scorer: MediaScorer, files: Sequence[Path], progress: bool | None = None
+    scorer: MediaScorer,
+    files: Sequence[Path],
+    progress: bool | None = None,
+    *,
+    with_crops: Callable[[MediaResult], None] | None = None,
 ) -> list[MediaResult]:
-    """Every file in turn (``progress`` None: as the scorer's options say)."""
+    """Every file in turn (``progress`` None: as the scorer's options say). ``with_crops``:
+    each file's result is handed to it with its face crops (``MediaResult.crops``), which are
+    dropped afterwards, so that only one file's crops are held at a time."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -205,7 +264,11 @@ def score_media(
     with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
         task = bar.add_task("detecting faces and scoring", total=len(files))
         for path in files:
-            results.append(scorer.score(path))
+            result = scorer.score(path, keep_crops=with_crops is not None)
+            if with_crops is not None:
+                with_crops(result)
+                result.crops = []
+            results.append(result)
             bar.advance(task)
     return results
 

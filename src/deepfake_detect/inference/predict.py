@@ -4,15 +4,20 @@ Videos and photos go through the face pipeline (:mod:`deepfake_detect.inference.
 every face found is cut the way the checkpoint was trained and scored, and the file gets one
 aggregated score; a photo or video without a face gets status ``no_face`` and no score. Images
 declared to be face crops already (``crops=True``, ``--crops``) are scored as they are.
+
+With ``--explain DIR`` every scored face also gets a heatmap overlay
+(:mod:`deepfake_detect.inference.explain`), ``DIR/<file stem>/<frame:05d>_<face>.png``
+(:class:`Heatmaps`); nothing of it is loaded otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import numpy as np
@@ -28,7 +33,7 @@ from deepfake_detect.inference.predictor import Predictor, as_predictor
 from deepfake_detect.inference.scoring import score_files  # noqa: F401 - the older import path
 from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
-from deepfake_detect.outputs import atomic_open, atomic_write
+from deepfake_detect.outputs import atomic_open, atomic_write, inside, safe_name
 
 
 @dataclass
@@ -120,6 +125,61 @@ def _check_face_options(aggregation: str, select: str | None) -> None:
         raise ConfigError(f"--select {select!r}: choose one of {', '.join(SELECTIONS)}")
 
 
+EXPLAIN_COMMAND = "predict-explain"  # the owner recorded in an --explain folder
+
+
+class Heatmaps:
+    """Writes the heatmap overlays of ``--explain``: ``folder/<file stem>/<frame:05d>_<face>.png``
+    per scored face (a face crop file: ``00000_0.png``), every name made safe and kept inside
+    ``folder``; two inputs of one stem (``a/x.mp4``, ``b/x.jpg``) get ``x`` and ``x~2``.
+
+    Made once the model is loaded: a detector that cannot be explained (a video detector) is
+    refused here, before any file is scored. ``written`` counts the PNGs written.
+    """
+
+    def __init__(self, predictor: Predictor, folder: Path, options: ScoringOptions) -> None:
+        from deepfake_detect.inference.explain import explain_method
+
+        explain_method(predictor)  # refuses what cannot be explained
+        self.predictor = predictor
+        self.folder = Path(folder)
+        self.options = options
+        self.written = 0
+        self._subfolders: dict[str, str] = {}  # input -> its subfolder
+        self._taken: set[str] = set()
+
+    def _subfolder(self, filename: str) -> str:
+        if filename not in self._subfolders:
+            stem = safe_name(Path(filename).stem)
+            name, k = stem, 1
+            while name in self._taken:
+                k += 1
+                name = f"{stem}~{k}"
+            self._taken.add(name)
+            self._subfolders[filename] = name
+        return self._subfolders[filename]
+
+    def write(self, faces: Sequence[tuple[str, int, int, np.ndarray]]) -> list[str]:
+        """The overlays of ``faces`` (``(filename, frame, face, crop)``), computed together;
+        their paths relative to the folder (POSIX), in order."""
+        from deepfake_detect.inference.explain import explain_crops, write_png
+
+        if not faces:
+            return []
+        overlays = explain_crops(self.predictor, [f[3] for f in faces], self.options)
+        names: list[str] = []
+        for (filename, frame, face, _), image in zip(faces, overlays, strict=True):
+            base = f"{self._subfolder(filename)}/{int(frame):05d}_{int(face)}"
+            rel, k = f"{base}.png", 1
+            while rel in names:  # one (frame, face) twice in a file: keep both
+                k += 1
+                rel = f"{base}~{k}.png"
+            write_png(image, inside(self.folder, PurePosixPath(rel)))
+            names.append(rel)
+        self.written += len(names)
+        return names
+
+
 def predict_rows(
     predictor: Predictor | Detector,
     inputs: Sequence[str | Path],
@@ -131,6 +191,7 @@ def predict_rows(
     select: str | None = "all",
     aggregation: str = "mean",
     per_face: list | None = None,
+    heatmaps: Heatmaps | None = None,
 ) -> list[Prediction]:
     """One row per input, whatever ``predictor`` is (one model or an ensemble).
 
@@ -139,10 +200,15 @@ def predict_rows(
     pipeline finds in photos and videos (:func:`_predict_images`); a sequence detector scores
     videos and ``video_dirs`` folders of one video's frames (:func:`_predict_clips`).
     ``threshold`` None: the predictor's. Every option is checked before any file is read.
+    ``heatmaps``: also write each scored face's heatmap overlay (:class:`Heatmaps`); the
+    ``per_face`` rows then name it (``heatmap``, relative to its folder).
     """
     predictor = as_predictor(predictor)
     chosen = predictor.threshold if threshold is None else float(threshold)
     if predictor.input_kind == "clips":
+        if heatmaps is not None:
+            raise ConfigError(f"heatmaps explain image detectors; {predictor.name} scores "
+                              "video clips")
         return _predict_clips(predictor, inputs, video_dirs, options, chosen)
     if video_dirs:
         raise ConfigError(
@@ -150,7 +216,7 @@ def predict_rows(
             "single images: pass the folder as an input instead"
         )
     return _predict_images(predictor, inputs, options, chosen, crops=crops, select=select,
-                           aggregation=aggregation, per_face=per_face)
+                           aggregation=aggregation, per_face=per_face, heatmaps=heatmaps)
 
 
 def _predict_images(
@@ -163,6 +229,7 @@ def _predict_images(
     select: str | None,
     aggregation: str,
     per_face: list | None,
+    heatmaps: Heatmaps | None = None,
 ) -> list[Prediction]:
     """Face crops (with ``crops``) scored as they are; photos and videos through the face
     pipeline (:class:`~deepfake_detect.inference.media_scoring.MediaScorer`)."""
@@ -185,19 +252,48 @@ def _predict_images(
                 var = None if result.var is None else float(result.var[i])
                 by_file[path] = Prediction(str(path), int(labels[i]), float(result.scores[i]), "",
                                            1, 1, std, var)
+        if heatmaps is not None:
+            _explain_crop_files([p for i, p in enumerate(as_crops) if i not in result.errors],
+                                heatmaps)
     if media:
         from deepfake_detect.inference.media_scoring import MediaScorer, score_media
 
         scorer = MediaScorer(predictor, aggregation=aggregation, select=select, options=options)
-        for res in score_media(scorer, media):
+        names: list[list[str]] = []  # per file, its faces' overlays (with heatmaps)
+
+        def explain(res) -> None:
+            names.append(heatmaps.write([(res.filename, f.frame, f.face, c)
+                                         for f, c in zip(res.per_face, res.crops, strict=True)]))
+
+        results = score_media(scorer, media, with_crops=explain if heatmaps is not None else None)
+        for k, res in enumerate(results):
             label = None if res.score is None else int(predict_labels([res.score], threshold)[0])
             by_file[Path(res.filename)] = Prediction(
                 res.filename, label, res.score, res.error, res.frames, res.faces, res.score_std
             )
             if per_face is not None:
-                per_face.extend({"filename": res.filename, **asdict(f)} for f in res.per_face)
+                overlays = names[k] if heatmaps is not None else [None] * len(res.per_face)
+                for f, overlay in zip(res.per_face, overlays, strict=True):
+                    row = {"filename": res.filename, **asdict(f)}
+                    if overlay is not None:
+                        row["heatmap"] = overlay
+                    per_face.append(row)
     rows.extend(by_file[p] for p in files)
     return rows
+
+
+def _explain_crop_files(paths: Sequence[Path], heatmaps: Heatmaps) -> None:
+    """The overlays of face crop files, as many at a time as one explain batch holds; a file
+    that cannot be read again is left out (its row says why already, or it changed since)."""
+    from deepfake_detect.data.images import ImageLoadError, load_rgb
+    from deepfake_detect.inference.explain import EXPLAIN_BATCH
+
+    for start in range(0, len(paths), EXPLAIN_BATCH):
+        faces = []
+        for path in paths[start : start + EXPLAIN_BATCH]:
+            with contextlib.suppress(ImageLoadError):
+                faces.append((str(path), 0, 0, np.array(load_rgb(path))))
+        heatmaps.write(faces)
 
 
 def _predict_clips(
@@ -349,6 +445,7 @@ class PredictRequest:
     format: str = "csv"
     fail_label: int = 1
     force: bool = False
+    explain: Path | None = None
 
     def check(self) -> None:
         """Refuse bad options before any output is claimed, model loaded or file read."""
@@ -377,6 +474,7 @@ class PredictReport:
     per_face: list[dict]
     threshold: float
     unscored: list[Prediction] = field(default_factory=list)
+    heatmaps: int = 0  # overlays written (--explain)
 
     @property
     def shared_names(self) -> bool:
@@ -403,15 +501,21 @@ def predict(request: PredictRequest, stdout: TextIO | None = None) -> PredictRep
                            ("--per-frame", request.per_frame)):
         if target is not None:  # refused before any work: never an input, never a user's file
             claim_file(target, inputs=request.sources, force=request.force, what=option)
-    predictor = request.model.load()
-    threshold = predictor.threshold if request.threshold is None else float(request.threshold)
-    faces: list[dict] = []
-    rows = predict_rows(
-        predictor, request.inputs, request.options, threshold, video_dirs=request.video_dirs,
-        crops=resolve_crops(request.crops, request.detect_faces), select=request.select,
-        aggregation=request.aggregation, per_face=faces,
-    )
-    report = PredictReport(rows, faces, threshold)
+    with contextlib.ExitStack() as held:
+        if request.explain is not None:
+            held.enter_context(_claim_explain(request))
+        predictor = request.model.load()
+        heatmaps = (Heatmaps(predictor, request.explain, request.options)
+                    if request.explain is not None else None)
+        threshold = predictor.threshold if request.threshold is None else float(request.threshold)
+        faces: list[dict] = []
+        rows = predict_rows(
+            predictor, request.inputs, request.options, threshold, video_dirs=request.video_dirs,
+            crops=resolve_crops(request.crops, request.detect_faces), select=request.select,
+            aggregation=request.aggregation, per_face=faces, heatmaps=heatmaps,
+        )
+    report = PredictReport(rows, faces, threshold,
+                           heatmaps=heatmaps.written if heatmaps is not None else 0)
     stdout = sys.stdout if stdout is None else stdout
     if request.format == "submission":
         report.unscored = write_submission(rows, request.out or stdout, request.fail_label)
@@ -424,6 +528,23 @@ def predict(request: PredictRequest, stdout: TextIO | None = None) -> PredictRep
     if request.per_frame is not None:
         write_per_face(faces, request.per_frame)
     return report
+
+
+def _claim_explain(request: PredictRequest):
+    """The ``--explain`` folder claimed (:func:`~deepfake_detect.outputs.claim_folder`), as a
+    lock to hold for the run: never one holding an input, nor one inside an input folder, whose
+    PNGs a later run over that folder would read as inputs."""
+    from deepfake_detect.errors import OutputError
+    from deepfake_detect.outputs import RunLock, claim_folder
+
+    folder = Path(request.explain)
+    for src in map(Path, request.sources):
+        if src.is_dir() and folder.resolve().is_relative_to(src.resolve()):
+            raise OutputError(f"--explain {folder} lies in the input folder {src}; its PNGs would "
+                              "be read as inputs: choose a folder outside the inputs")
+    claim_folder(folder, EXPLAIN_COMMAND, inputs=request.sources, force=request.force,
+                 what="--explain")
+    return RunLock(folder, EXPLAIN_COMMAND)
 
 
 def _crops_of(manifest: Path) -> list:
@@ -511,15 +632,20 @@ def write_submission(
 
 def write_per_face(rows: Sequence[dict], path: Path) -> None:
     """One row per scored face: ``filename,frame,face,time,box,score`` (``,score_std`` with
-    Monte-Carlo dropout or an ensemble)."""
+    Monte-Carlo dropout or an ensemble; ``,heatmap`` with ``--explain``: the face's overlay,
+    relative to the ``--explain`` folder)."""
     with_std = any(r.get("score_std") is not None for r in rows)
+    with_heatmap = any("heatmap" in r for r in rows)
     with atomic_open(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(["filename", "frame", "face", "time", "box", "score"]
-                        + (["score_std"] if with_std else []))
+                        + (["score_std"] if with_std else [])
+                        + (["heatmap"] if with_heatmap else []))
         for r in rows:
             box = json.dumps(r["box"], separators=(",", ":"))
             std = r.get("score_std")
             extra = ([] if not with_std else ["" if std is None else f"{std:.6f}"])
+            if with_heatmap:
+                extra.append(r.get("heatmap", ""))
             writer.writerow([r["filename"], r["frame"], r["face"], r["time"], box,
                              f"{r['score']:.6f}", *extra])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from deepfake_detect import __version__
-from deepfake_detect.errors import CheckpointError, DeepfakeDetectError
+from deepfake_detect.errors import CheckpointError, ConfigError, DeepfakeDetectError
 from deepfake_detect.models.checkpoint_meta import CLASS_NAMES, FORMAT_VERSION, CheckpointMeta
 from deepfake_detect.outputs import atomic_target
 from deepfake_detect.models.detector import Detector
@@ -272,6 +272,38 @@ class ExportResult:
     size_mib: float
     detector: str
     threshold: float
+    format: str = "safetensors"
+    # ONNX: the graph's precision and its check against PyTorch (max |ΔP(fake)|, tolerance)
+    precision: str | None = None
+    max_diff: float | None = None
+    tolerance: float | None = None
+    exporter: str | None = None
+
+
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+
+def export_format(out: str | Path, format: str | None = None, fp16: bool = False) -> str:
+    """The export format for ``out`` (``format`` None: from its suffix, ``.onnx`` or not), with
+    a one-line ConfigError where the options do not fit together."""
+    from deepfake_detect.models.onnx_export import is_onnx_path
+
+    out = Path(out)
+    onnx_name = is_onnx_path(out)
+    chosen = format or ("onnx" if onnx_name else "safetensors")
+    if chosen not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {format!r}: choose {' or '.join(EXPORT_FORMATS)}")
+    if chosen == "onnx" and not onnx_name:
+        raise ConfigError(f"--out {out}: an ONNX model is written to a .onnx file (predict and "
+                          "evaluate recognise it by that suffix); e.g. --out "
+                          f"{out.with_suffix('.onnx').name}")
+    if chosen == "safetensors" and onnx_name:
+        raise ConfigError(f"--out {out}: a .onnx name for --format safetensors; use --format "
+                          "onnx, or a .safetensors name")
+    if fp16 and chosen != "onnx":
+        raise ConfigError("--fp16 applies to --format onnx (a float16 graph for GPUs); the "
+                          ".safetensors checkpoint keeps the weights as trained")
+    return chosen
 
 
 def export_checkpoint(
@@ -280,17 +312,33 @@ def export_checkpoint(
     config: str | Path | None = None,
     threshold: float | None = None,
     force: bool = False,
+    format: str | None = None,
+    fp16: bool = False,
 ) -> ExportResult:
     """``deepfake-detect export``: read ``checkpoint`` (with ``config``: any weights file that
-    model reads) and write a standalone ``.safetensors`` with its weights in their fastest
-    form plus the meta, ``threshold`` replacing the stored one when given. ``out`` is claimed
-    first: never an input, never a file this tool did not write (without ``force``)."""
+    model reads) and write its weights in their fastest form (Effort residuals and LoRA
+    adapters merged into plain layers) plus the meta, ``threshold`` replacing the stored one
+    when given: a standalone ``.safetensors``, or with ``format`` ``onnx`` (the default for a
+    ``.onnx`` name) an ONNX model verified against PyTorch before it is written
+    (:func:`~deepfake_detect.models.onnx_export.export_onnx`; ``fp16``: a float16 graph).
+    ``out`` is claimed first: never an input, never a file this tool did not write (without
+    ``force``)."""
     from deepfake_detect.outputs import claim_file
 
     out = Path(out)
+    chosen = export_format(out, format, fp16)
+    # an earlier export of this tool (safetensors or ONNX, recognised by its metadata) may be
+    # replaced; any other file needs force
     claim_file(out, inputs=[checkpoint, *([config] if config else [])], force=force)
     module, meta = load_model_parts(checkpoint, config)
     if threshold is not None:
         meta = meta.model_copy(update={"threshold": float(threshold)})
+    if chosen == "onnx":
+        from deepfake_detect.models.onnx_export import export_onnx
+
+        result = export_onnx(module, meta, out, fp16=fp16)
+        return ExportResult(result.path, result.size_mib, result.detector, result.threshold,
+                            "onnx", result.precision, result.max_diff, result.tolerance,
+                            result.exporter)
     path = export_safetensors(module, out, meta)
     return ExportResult(path, path.stat().st_size / 2**20, module.config.name, meta.threshold)

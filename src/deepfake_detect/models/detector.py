@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -14,6 +16,33 @@ from deepfake_detect.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ExplainTarget:
+    """Where a detector's heatmaps are computed (:mod:`deepfake_detect.inference.explain`).
+
+    ``layer``: the dotted name of a module of the detector (``named_modules``) whose output the
+    CAM weighs. ``layout``: the shape of that output: ``nchw`` a CNN feature map; ``tokens``
+    ``(B, prefix_tokens + h * w, C)``, a transformer's tokens, class (and register) tokens first,
+    the patch tokens in row order on a ``grid`` of ``(h, w)`` (None: square); ``nhwc`` a map
+    with the channels last (Swin). ``method``: the CAM method used unless one is asked for.
+    """
+
+    layer: str
+    layout: Literal["nchw", "tokens", "nhwc"] = "nchw"
+    prefix_tokens: int = 0
+    grid: tuple[int, int] | None = None
+    method: str = "gradcam"
+
+
+def module_name(root: nn.Module, module: nn.Module) -> str:
+    """The dotted name of ``module`` inside ``root`` (found by identity, so that wrappers which
+    forward attribute access, like peft's, still give the real path)."""
+    for name, candidate in root.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError(f"{type(module).__name__} is not a module of {type(root).__name__}")
 
 
 class FreezeConfig(Strict):
@@ -229,6 +258,13 @@ class Detector(nn.Module):
 
     def preprocessing(self) -> dict:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std)}
+
+    def explain_target(self) -> ExplainTarget | None:
+        """The layer heatmaps of this detector are computed on (:class:`ExplainTarget`); None:
+        it has none. Default: its last ``Conv2d`` (in definition order), for CNNs a detector
+        family does not describe better; the built-in families override it."""
+        convs = [name for name, m in self.named_modules() if isinstance(m, nn.Conv2d)]
+        return ExplainTarget(convs[-1]) if convs else None
 
 
 def _example_prefixes(names: list[str], wanted: str, n: int = 8) -> list[str]:

@@ -353,6 +353,11 @@ class DualStreamDetector(Detector):
     def preprocessing(self) -> dict:
         return {**super().preprocessing(), "sequence": self.config.sequence.model_dump()}
 
+    def explain_target(self) -> None:
+        """None: heatmaps explain single images; this detector scores clips, whose score a map
+        over one frame would not explain (its ConvLSTMs weigh the frames together)."""
+        return None
+
     def stream_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled last ConvLSTM state of each stream, ``(B, C)`` each, for clips ``x``."""
         if x.ndim != 5 or x.shape[2] != 3:

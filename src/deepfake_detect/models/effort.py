@@ -37,7 +37,7 @@ from deepfake_detect.models.backbones.clip import (
     infer_clip_settings,
     load_clip_weights,
 )
-from deepfake_detect.models.detector import Detector, ModelConfig
+from deepfake_detect.models.detector import Detector, ExplainTarget, ModelConfig, module_name
 from deepfake_detect.models.registry import DetectorCard, register_detector
 
 ATTENTION_PROJECTIONS = "encoder.layers.*.self_attn.*_proj"
@@ -156,6 +156,16 @@ class EffortDetector(Detector):
             ids[f"backbone.{name}"] = int(m.group(1)) + 1 if m else (
                 0 if name.startswith(("embeddings.", "pre_layrnorm.")) else depth + 1)
         return ids
+
+    def explain_target(self) -> ExplainTarget:
+        """The last encoder layer's ``layer_norm1``: the tokens its attention mixes into the
+        class token that the pooler reads; CLIP's layout, the class token first, then the
+        patches in row order."""
+        # transformers 5 holds the encoder on the model itself, earlier versions in vision_model
+        tower = getattr(self.backbone, "vision_model", self.backbone)
+        layer = tower.encoder.layers[-1].layer_norm1
+        side = self.config.clip.image_size // self.config.clip.patch_size
+        return ExplainTarget(module_name(self, layer), "tokens", 1, (side, side))
 
     # -- training ---------------------------------------------------------------------------------
 

@@ -15,7 +15,14 @@ from torch import nn
 from deepfake_detect.config.schema import Strict
 from deepfake_detect.errors import CheckpointError, ConfigError
 from deepfake_detect.models.attention import CBAM, SqueezeExcite
-from deepfake_detect.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector, ModelConfig
+from deepfake_detect.models.detector import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Detector,
+    ExplainTarget,
+    ModelConfig,
+    module_name,
+)
 from deepfake_detect.models.heads import HeadConfig, build_head
 from deepfake_detect.models.weights import load_backbone_weights
 
@@ -298,6 +305,76 @@ class TimmDetector(Detector):
         )
         fresh = {f"variance_head.{k}": v for k, v in self.variance_head.state_dict().items()}
         return {**state_dict, **fresh}
+
+    # -- heatmaps ---------------------------------------------------------------------------------
+
+    def explain_target(self) -> ExplainTarget:
+        """Where heatmaps are computed, by the backbone's structure:
+
+        - an attention head (``model.attention``): its output, the attended feature map that
+          the head pools;
+        - a ViT (``patch_embed`` + ``blocks``: timm ViTs, FSFM, DeiT, EVA...): the last block's
+          ``norm1``, its tokens read as a patch grid (the tokens the last attention mixes; the
+          class and register tokens dropped);
+        - Swin (channels-last ``(B, H, W, C)`` maps): the last block's ``norm1``;
+        - any other CNN: the module that produces the last feature map (ResNet ``layer4``,
+          EfficientNet / MobileNet ``bn2`` after ``conv_head``, Xception ``act4``).
+        """
+        if self.attention is not None:
+            return ExplainTarget(module_name(self, self.attention))
+        backbone = self.backbone
+        blocks = getattr(backbone, "blocks", None)
+        if getattr(backbone, "patch_embed", None) is not None and isinstance(
+            blocks, (nn.Sequential, nn.ModuleList)
+        ) and len(blocks):
+            layer = getattr(blocks[-1], "norm1", blocks[-1])
+            grid = getattr(backbone.patch_embed, "grid_size", None)
+            prefix = getattr(backbone, "num_prefix_tokens", None)
+            if prefix is None:
+                prefix = 0 if getattr(backbone, "cls_token", None) is None else 1
+            return ExplainTarget(module_name(self, layer), "tokens", int(prefix),
+                                 tuple(int(g) for g in grid) if grid is not None else None)
+        fmt = getattr(backbone, "output_fmt", "NCHW")
+        if getattr(fmt, "value", fmt) == "NHWC":
+            stages = getattr(backbone, "layers", None)
+            last = stages[-1] if stages is not None and len(stages) else None
+            block = last.blocks[-1] if last is not None and hasattr(last, "blocks") else last
+            if block is not None:
+                return ExplainTarget(module_name(self, getattr(block, "norm1", block)), "nhwc")
+        return self._final_map_target() or super().explain_target()
+
+    def _final_map_target(self) -> ExplainTarget | None:
+        """The module whose output is the backbone's last feature map, found by running the
+        backbone once on a blank image: the last module to finish that returns the very tensor
+        ``forward_features`` returns (so the outermost of several, e.g. ``layer4`` rather than
+        its last block), else the last one returning a tensor of its shape."""
+        finished: list[tuple[nn.Module, torch.Tensor]] = []
+
+        def record(module: nn.Module, _args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and not isinstance(module, nn.Identity):
+                finished.append((module, output))
+
+        backbone = self.backbone
+        param = next(backbone.parameters())
+        size = self.input_size if _fixed_input_size(self.timm_name) else min(self.input_size, 64)
+        x = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+        handles = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
+        # each module's own mode: a frozen backbone keeps its norm layers in eval while training
+        modes = [(m, m.training) for m in backbone.modules()]
+        try:
+            backbone.eval()
+            with torch.no_grad():
+                out = backbone.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, mode in modes:
+                m.training = mode
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            return None
+        same = [m for m, o in finished if o is out] or [
+            m for m, o in finished if o.shape == out.shape]
+        return ExplainTarget(module_name(self, same[-1])) if same else None
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.forward_features(x)
