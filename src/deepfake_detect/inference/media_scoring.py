@@ -229,10 +229,7 @@ class _CallbackError(Exception):
 def _reporting(faces, progress: Callable[[int, int], None]):
     """The cuts of ``faces``, calling ``progress(done, total)`` at each new frame (every frame
     gives at least one cut, a frame without a face one without pixels)."""
-    # The frames a video's plan samples (read from its frame stream: MediaFaces exposes no
-    # count before decoding ends; None where the plan is open-ended); a photo is one.
-    stream = getattr(faces, "_stream", None)
-    planned = getattr(stream, "planned", None) if stream is not None else 1
+    planned = faces.planned  # None where a video's plan is open-ended
     last, done = None, 0
     for cut in faces:
         if cut.frame != last:

@@ -15,7 +15,6 @@ request past its time limit stops at the next batch instead of running on unseen
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,11 +34,6 @@ from deepfake_detect.inference.predictor import CropScores, Predictor
 from deepfake_detect.serve.card import is_calibrated, model_card
 from deepfake_detect.serve.errors import ApiError
 from deepfake_detect.serve.results import result_json
-
-# The keywords MediaScorer.score takes beyond the path (keep_crops and progress are newer):
-# passed only when it takes them.
-_SCORE_KEYWORDS = set(inspect.signature(MediaScorer.score).parameters)
-
 
 class TimedOut(Exception):
     """Raised inside a request's work once its deadline has passed."""
@@ -218,12 +212,7 @@ class Engine:
         past the deadline."""
         start = time.perf_counter()
         scorer = _RequestScorer(self, request, deadline)
-        kwargs: dict[str, Any] = {}
-        if "keep_crops" in _SCORE_KEYWORDS:
-            kwargs["keep_crops"] = request.explain
-        if "progress" in _SCORE_KEYWORDS and progress is not None:
-            kwargs["progress"] = progress
-        result: MediaResult = scorer.score(path, **kwargs)
+        result: MediaResult = scorer.score(path, keep_crops=request.explain, progress=progress)
         deadline.check()  # a detector stopped by the deadline reads as an unreadable file
         scored = time.perf_counter()
         if result.score is None and not result.error.startswith("no_face"):

@@ -111,6 +111,12 @@ class MediaFaces:
         return self._stream.read if self._stream is not None else self._frames
 
     @property
+    def planned(self) -> int | None:
+        """Frames the sampling plan will read (1 for a photo; None for a video whose plan is
+        open-ended, e.g. every frame of a stream of unknown length): a progress total."""
+        return self._stream.planned if self._stream is not None else 1
+
+    @property
     def short(self) -> bool:
         """A video with fewer frames than asked for: all there were were taken."""
         return bool(self._stream is not None and self._stream.short)
