@@ -302,9 +302,11 @@ class RunLock:
         self.command = command
         self._fh = None
 
-    def acquire(self, wait: bool = False) -> RunLock:
+    def acquire(self, wait: bool = False, shared: bool = False) -> RunLock:
         """Take the lock; if another process holds it, refuse at once (OutputError), or with
-        ``wait`` block until it is free."""
+        ``wait`` block until it is free. ``shared``: several holders at once (the parts of a
+        split ``prepare``), none while an exclusive holder runs; a shared holder leaves the
+        file's holder record to the exclusive ones."""
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; folders are still claimed
@@ -316,7 +318,8 @@ class RunLock:
             raise OutputError(f"{self.folder}: cannot write its lock file ({exc.strerror or exc}); "
                               "choose a writable --out") from None
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(fh, mode | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             fh.seek(0)
             try:
@@ -329,12 +332,13 @@ class RunLock:
                 f"`{holder.get('command', '?')}` since {holder.get('since', '?')}); wait for it to "
                 "finish or choose another --out"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "command": self.command,
-                             "argv": " ".join(sys.argv),
-                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-        fh.flush()
+        if not shared:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"pid": os.getpid(), "command": self.command,
+                                 "argv": " ".join(sys.argv),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            fh.flush()
         self._fh = fh
         return self
 

@@ -553,6 +553,7 @@ def export(
         "deepfake-detect prepare dfdc_train_part_0/ --out dfdc_faces --select all --format jpg --quality 95",
         "deepfake-detect prepare clips/*.mp4 --label real --out real_faces",
         "deepfake-detect prepare dfdc/ --out dfdc_faces --device cuda --batch-size 128 --videos-at-once 8",
+        "deepfake-detect prepare /nfs/dfdc/ --out /nfs/dfdc_faces --part 0/4",
     )
 )
 def prepare(
@@ -581,17 +582,27 @@ def prepare(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (1: all work in this process).")] = 1,
     videos_at_once: Annotated[int, typer.Option(min=1, help="Videos each process decodes together, their frames sharing detection batches.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that deepfake-detect did not make (never one holding the inputs).")] = False,
+    part: Annotated[str | None, typer.Option("--part", metavar="I/N", help="Do only part I of N (0 <= I < N) of the work, e.g. on machine I of N sharing --out (same inputs, paths and settings on each); writes manifest.part-I-of-N.csv. Join the parts with `deepfake-detect prepare-merge OUT`.")] = None,
 ) -> None:
     """Turn videos and photos into face crops plus a manifest.csv the training loader reads.
 
     Frames without a face are listed in the manifest with the reason; a rerun into the same
-    --out skips finished videos and redoes unfinished ones.
+    --out skips finished videos and redoes unfinished ones. With --part I/N, N machines each
+    do 1/N of the videos into the same --out; prepare-merge then writes manifest.csv.
     """
     from deepfake_detect.config.loading import read_yaml, validate
     from deepfake_detect.config.schema import PrepareConfig
     from deepfake_detect.data.labels import parse_label
+    from deepfake_detect.data.prepare import parse_part
     from deepfake_detect.data.prepare import prepare as run_prepare
+    from deepfake_detect.errors import DataError
 
+    part_value = None
+    if part is not None:
+        try:
+            part_value = parse_part(part)
+        except DataError as exc:
+            raise typer.BadParameter(str(exc).removeprefix(f"--part {part}: "), param_hint="--part") from None
     base: dict = {}
     if config is not None:
         raw = read_yaml(config)
@@ -617,8 +628,14 @@ def prepare(
         if label_value is None:
             raise typer.BadParameter(f"--label {label!r}: use real or fake")
     report = run_prepare(inputs, out, settings, label=label_value, workers=workers,
-                         videos_at_once=videos_at_once, force=force)
-    table = Table(title="prepare", show_header=False)
+                         videos_at_once=videos_at_once, force=force, part=part_value)
+    _print_prepare(report, "prepare" if part_value is None else f"prepare part {part_value[0]}/{part_value[1]}")
+    if part_value is not None:
+        console.print(f"when all {part_value[1]} parts are done: deepfake-detect prepare-merge {escape(str(out))}")
+
+
+def _print_prepare(report, title: str) -> None:
+    table = Table(title=title, show_header=False)
     for key, value in report.table():
         table.add_row(key, value)
     out_console.print(table)
@@ -627,6 +644,27 @@ def prepare(
     for note in report.notes[:10]:
         console.print(f"[dim]{escape(note)}[/dim]")
     console.print(f"manifest: {report.manifest}")
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect prepare-merge /nfs/dfdc_faces",
+        "for i in 0 1 2 3; do deepfake-detect prepare dfdc/ --out faces --part $i/4; done && "
+        "deepfake-detect prepare-merge faces",
+    )
+)
+def prepare_merge(
+    out: Annotated[Path, typer.Argument(help="The --out of the `prepare --part I/N` runs.")],
+) -> None:
+    """Join the parts of `prepare --part I/N` into manifest.csv and prepare.json.
+
+    Checks that all N parts are there, complete, of the same N, inputs and settings (it names
+    the missing ones and the command that makes them); the rows come in the order one whole
+    `prepare` would write them.
+    """
+    from deepfake_detect.data.prepare import merge_parts
+
+    _print_prepare(merge_parts(out), "prepare-merge")
 
 
 @app.command(

@@ -7,17 +7,29 @@ records its manifest rows in a small part file under ``<out>/.parts``; that file
 the unit as finished. A rerun reuses finished units whose source and settings are unchanged and
 redoes the rest, so an interrupted run resumes where it stopped. Frames without a face and
 failed videos are rows of the manifest too, with a reason.
+
+Scale-out: ``prepare(..., part=(i, n))`` processes only the units whose key hashes to ``i``
+modulo ``n`` (a rule that does not depend on the machine), so that ``n`` machines sharing the
+output folder (e.g. over NFS) each do ``1/n`` of the work. A part run holds the folder's lock
+shared (a whole run or a merge is refused meanwhile) and a lock of its own part exclusively (the
+same part twice is refused), and writes ``manifest.part-<i>-of-<n>.csv`` and
+``prepare.part-<i>-of-<n>.json``, never ``manifest.csv``. :func:`merge_parts` then checks that all
+``n`` parts are there and complete and writes ``manifest.csv`` and ``prepare.json`` as one whole
+run would have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import re
+import shlex
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +49,13 @@ from deepfake_detect.data.media_inputs import MediaItem, find_media
 from deepfake_detect.data.pool import worker_pool
 from deepfake_detect.data.video import VideoError
 from deepfake_detect.errors import DataError, OutputError
-from deepfake_detect.outputs import RunLock, atomic_write, claim_folder, inside, safe_relpath
+from deepfake_detect.outputs import (
+    RunLock,
+    atomic_write,
+    claim_folder,
+    inside,
+    safe_relpath,
+)
 
 MANIFEST = "manifest.csv"
 SETTINGS = "prepare.json"
@@ -299,14 +317,17 @@ def _failure_row(item: MediaItem, status: str, reason: str) -> dict:
     return _row(item, "", 0.0, status=status, reason=reason, time="")
 
 
-def remove_own_crops(out: Path, key: str, done: dict | None) -> None:
+def remove_own_crops(out: Path, key: str, done: dict | None, keep: Collection[str] = ()) -> None:
     """Remove the crops that earlier runs of unit ``key`` wrote into ``out``: those its part
-    file lists (``done``) and those its journal lists (an interrupted run); nothing else."""
+    file lists (``done``) and those its journal lists (an interrupted run); nothing else, and
+    none of ``keep`` (paths that current units wrote since)."""
     journal = out / PARTS / f"{key}.pending"
     listed = [r.get("path", "") for r in (done or {}).get("rows", [])]
     if journal.is_file():
         listed += journal.read_text("utf-8").splitlines()
     for rel in filter(None, listed):
+        if rel in keep:
+            continue
         try:
             path = inside(out, rel)
         except OutputError:
@@ -384,6 +405,7 @@ def prepare(
     progress: bool = True,
     detector: FaceDetector | None = None,
     force: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> PrepareReport:
     """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``.
 
@@ -392,8 +414,12 @@ def prepare(
     ``out`` with the same settings is added to its manifest.
 
     ``workers`` processes each work on ``videos_at_once`` videos together, whose frames share
-    detection batches (the crops do not depend on either)."""
+    detection batches (the crops do not depend on either).
+
+    ``part=(i, n)``: only the ``i``-th of ``n`` parts of the work (see the module's notes and
+    :func:`merge_parts`)."""
     started = time.perf_counter()
+    part = check_part(part)
     if workers < 0:
         raise DataError(f"workers must be >= 1 (got {workers}; 0 and 1 both work in this process)")
     if videos_at_once < 1:
@@ -411,6 +437,7 @@ def prepare(
     report = prepare_items(
         items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
         videos_at_once=videos_at_once, progress=progress, detector=detector, started=started, force=force,
+        part=part,
     )
     if own:
         report.notes.append(f"{len(own)} files inside --out {out} were left out (outputs of prepare)")
@@ -432,29 +459,32 @@ def prepare_items(
     started: float | None = None,
     wait: bool = False,
     force: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> PrepareReport:
     """:func:`prepare` for media already found (``items`` with their labels, splits and video
     ids); ``inputs`` and ``problems`` are only recorded in ``prepare.json`` and the report.
 
     ``out`` is locked while this runs; another run into it is refused, or with ``wait`` (a
     dataset's crop cache shared by the ranks of a distributed run) waited for. ``force``: see
-    :func:`deepfake_detect.outputs.claim_folder`."""
+    :func:`deepfake_detect.outputs.claim_folder`. ``part``: see :func:`prepare`."""
     config = config or PrepareConfig()
+    part = check_part(part)
     if detector is None:
         check_detect_config(config.detect)
     out = claim_folder(out, "prepare", force=force)
-    lock = RunLock(out, "prepare").acquire(wait=wait)
+    locked = RunLock(out, "prepare").acquire(wait=wait) if part is None else _PartLock(out, part).acquire()
     try:
         return _prepare_locked(items, out, config, inputs, problems, (workers, videos_at_once),
-                               progress, detector, description, started)
+                               progress, detector, description, started, part)
     finally:
-        lock.release()
+        locked.release()
 
 
 def _prepare_locked(
     items: Sequence[MediaItem], out: Path, config: PrepareConfig, inputs: Sequence[str | Path],
     problems: Sequence[tuple[str, str]], parallel: tuple[int, int], progress: bool,
     detector: FaceDetector | None, description: str, started: float | None,
+    part: tuple[int, int] | None = None,
 ) -> PrepareReport:
     from rich.progress import (
         BarColumn,
@@ -468,9 +498,20 @@ def _prepare_locked(
 
     started = time.perf_counter() if started is None else started
     (out / PARTS).mkdir(parents=True, exist_ok=True)
-    units = make_units(items)
-    earlier = _earlier_units(out, units, _fingerprint(config))
-    report = PrepareReport(out=out, manifest=out / MANIFEST, problems=list(problems))
+    every = make_units(items)
+    if part is None:
+        units = every
+        earlier = _earlier_units(out, units, _fingerprint(config))
+        manifest = out / MANIFEST
+    else:
+        units = [u for u in every if part_of(u.key, part[1]) == part[0]]
+        # checks the settings only: superseded units are removed by the merge (other parts
+        # may be writing crops at their paths now), earlier units join the manifest there
+        _earlier_units(out, every, _fingerprint(config), remove=False)
+        earlier = []
+        manifest = out / _part_file("manifest", part, "csv")
+        (out / _part_file("prepare", part, "json")).unlink(missing_ok=True)  # until done
+    report = PrepareReport(out=out, manifest=manifest, problems=list(problems))
     results: dict[str, UnitResult] = {}
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -491,11 +532,25 @@ def _prepare_locked(
         {**row, "group": groups.get(row.get("source", ""), "")}
         for unit in units for row in results[unit.key].rows
     ]
-    rows += [row for part in earlier for row in part["rows"]]
+    rows += [row for done in earlier for row in done["rows"]]
     _write_manifest(report.manifest, rows)
     report.seconds = time.perf_counter() - started
-    before = _read_settings(out)
     given = [str(p) for p in inputs]
+    if part is not None:
+        atomic_write(out / _part_file("prepare", part, "json"), json.dumps({
+            "prepare": config.model_dump(mode="json"),
+            "fingerprint": _fingerprint(config),
+            "part": list(part),
+            "inputs": given,
+            "units": [u.key for u in every],  # all parts' units, in input order
+            "rows": [[u.key, len(results[u.key].rows)] for u in units],  # this part's, in order
+            "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+            **environment(),
+            "version": __version__,
+            "tool_command": "prepare",
+        }, indent=2, default=str))
+        return report
+    before = _read_settings(out)
     atomic_write(out / SETTINGS, json.dumps({
         "prepare": config.model_dump(mode="json"),
         "inputs": [*(p for p in before.get("inputs", []) if p not in given), *given],
@@ -518,20 +573,27 @@ def _read_settings(out: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _earlier_units(out: Path, units: Sequence[Unit], fingerprint: str) -> list[dict]:
+def _earlier_units(out: Path, units: Sequence[Unit], fingerprint: str, *, remove: bool = True,
+                   keep: Collection[str] = ()) -> list[dict]:
     """Finished units of earlier runs into ``out`` that this run does not redo: they stay in
     the manifest. A unit whose source files this run prepares again (e.g. under another label)
-    is superseded: its crops and part file are removed. Units made with other settings are
-    refused, as one manifest must not mix two crop geometries."""
-    current = {u.key for u in units}
-    sources = {str(i.path) for u in units for i in u.items}
+    is superseded: its crops (but none of ``keep``) and part file are removed (with
+    ``remove``; else it is only left out). Units made with other settings are refused, as one
+    manifest must not mix two crop geometries."""
+    return _earlier(out, {u.key for u in units}, {str(i.path) for u in units for i in u.items},
+                    fingerprint, remove=remove, keep=keep)
+
+
+def _earlier(out: Path, current: Collection[str], sources: Collection[str], fingerprint: str, *,
+             remove: bool = True, keep: Collection[str] = ()) -> list[dict]:
     kept: list[dict] = []
     for part in sorted((out / PARTS).glob("*.json")):
         if part.stem in current or (done := _read_part(part)) is None:
             continue
         if {row.get("source") for row in done.get("rows", [])} <= sources:
-            remove_own_crops(out, part.stem, done)
-            part.unlink()
+            if remove:
+                remove_own_crops(out, part.stem, done, keep)
+                part.unlink(missing_ok=True)
             continue
         if done.get("fingerprint") != fingerprint:
             raise DataError(
@@ -585,3 +647,211 @@ def read_prepare_settings(data_paths: Sequence[str | Path]) -> PrepareConfig | N
             except (OSError, ValueError, KeyError):
                 return None
     return None
+
+
+# --------------------------------------------------------------------------- parts (scale-out)
+
+_PART_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+_PART_SUMMARY = re.compile(r"prepare\.part-(\d+)-of-(\d+)\.json")
+
+
+def _bad_part(given: object) -> DataError:
+    return DataError(f"--part {given}: give i/n with 0 <= i < n, e.g. --part 0/4 ... --part 3/4 "
+                     "on four machines")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``, or a one-line DataError naming the fix."""
+    match = _PART_TEXT.fullmatch(str(text))
+    if match is None:
+        raise _bad_part(text)
+    return check_part((int(match[1]), int(match[2])))  # type: ignore[return-value]
+
+
+def check_part(part: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``part`` as ``(i, n)`` with ``0 <= i < n``, or a DataError."""
+    if part is None:
+        return None
+    try:
+        i, n = (int(v) for v in part)
+    except (TypeError, ValueError):
+        raise _bad_part(part) from None
+    if n < 1 or not 0 <= i < n:
+        raise _bad_part(f"{i}/{n}")
+    return i, n
+
+
+def part_of(key: str, n: int) -> int:
+    """The part (of ``n``) that unit ``key`` belongs to: from its key (a hash of its inputs)
+    alone, so every machine agrees, and adding inputs moves no other unit."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:15], 16) % n
+
+
+def _part_file(stem: str, part: tuple[int, int], suffix: str) -> str:
+    return f"{stem}.part-{part[0]}-of-{part[1]}.{suffix}"
+
+
+class _PartLock:
+    """The locks of a part run: the folder's lock held *shared* (parts run side by side; a
+    whole run or a merge, which hold it exclusively, are refused meanwhile, and refuse it) and
+    ``.parts/part-<i>-of-<n>/.deepfake-detect.lock`` exclusively (:class:`RunLock`: the same
+    part twice is refused). OS locks: the kernel drops them when the process dies (NFS: Linux
+    maps them onto the server's byte-range locks)."""
+
+    def __init__(self, out: Path, part: tuple[int, int]):
+        self.out, self.part = out, part
+        self._shared: RunLock | None = None
+        self._own: RunLock | None = None
+
+    def acquire(self) -> _PartLock:
+        i, n = self.part
+        # a folder's first run marks it as prepare's (the lock file names the command)
+        with contextlib.suppress(OutputError):
+            RunLock(self.out, "prepare").acquire().release()
+        try:
+            self._shared = RunLock(self.out, f"prepare --part {i}/{n}").acquire(shared=True)
+        except OutputError as exc:
+            raise OutputError(f"{exc} (a whole-folder run: run --part {i}/{n} after it)") from None
+        folder = self.out / PARTS / f"part-{i}-of-{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._own = RunLock(folder, f"prepare --part {i}/{n}").acquire()
+        except OutputError as exc:
+            self.release()
+            raise OutputError(f"part {i}/{n} of {self.out} is being prepared by another run "
+                              f"({exc}); run each part once at a time") from None
+        return self
+
+    def release(self) -> None:
+        for lock in (self._own, self._shared):
+            if lock is not None:
+                lock.release()
+        self._own = self._shared = None
+
+    def __enter__(self) -> _PartLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def merge_parts(out: str | Path) -> PrepareReport:
+    """Join the parts that ``prepare --part i/n`` runs wrote into ``out``: check that all ``n``
+    are there, of the same inputs and settings, and complete, then write ``manifest.csv`` (rows
+    in the order one whole run writes them) and ``prepare.json``, under the folder's lock. The
+    part manifests and summaries are removed afterwards (the units' part files stay, so a part
+    rerun later reuses them)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise DataError(f"{out} is not a folder; give the --out of the prepare --part runs")
+    out = claim_folder(out, "prepare")
+    with RunLock(out, "prepare"):  # refused while a part runs (it holds the lock shared)
+        return _merge_locked(out)
+
+
+def _merge_locked(out: Path) -> PrepareReport:
+    from deepfake_detect.runinfo import environment
+
+    started = time.perf_counter()
+    found: dict[tuple[int, int], dict] = {}
+    for path in sorted(out.glob("prepare.part-*-of-*.json")):
+        if (match := _PART_SUMMARY.fullmatch(path.name)) is None:
+            continue
+        data = _read_part(path)
+        if not isinstance(data, dict) or not {"units", "rows", "fingerprint"} <= data.keys():
+            raise DataError(f"{path} is unreadable; rerun that part (prepare ... --part "
+                            f"{match[1]}/{match[2]}) and merge again")
+        found[int(match[1]), int(match[2])] = data
+    if not found:
+        raise DataError(f"{out} holds no part summaries (prepare.part-<i>-of-<n>.json): run "
+                        f"`deepfake-detect prepare INPUTS --out {out} --part i/n` for i = 0 .. n-1 "
+                        "first")
+    splits = sorted({n for _, n in found})
+    if len(splits) > 1:
+        raise DataError(f"{out} mixes parts of different splits (n = {', '.join(map(str, splits))}): "
+                        "remove the prepare.part-*-of-<n>.json and manifest.part-*-of-<n>.csv of the "
+                        "split you abandoned and merge again")
+    n = splits[0]
+    first = found[min(found)]
+    if len({d["fingerprint"] for d in found.values()}) > 1:
+        odd = [f"{i}/{n}" for (i, _), d in sorted(found.items()) if d["fingerprint"] != first["fingerprint"]]
+        raise DataError(f"the parts in {out} were made with different settings (parts {', '.join(odd)} "
+                        f"differ from part {min(found)[0]}/{n}); rerun them with the same settings")
+    if any(d["units"] != first["units"] for d in found.values()):
+        raise DataError(f"the parts in {out} were made from different inputs; give every part the "
+                        "same inputs (the same paths on every machine) and rerun the odd ones")
+    inputs = " ".join(shlex.quote(p) for p in first.get("inputs", [])) or "INPUTS"
+
+    def rerun(parts: Iterable[int]) -> str:
+        return "; ".join(f"deepfake-detect prepare {inputs} --out {shlex.quote(str(out))} "
+                         f"--part {i}/{n}" for i in parts)
+
+    missing = [i for i in range(n) if (i, n) not in found]
+    if missing:
+        raise DataError(f"{out}: part{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(f'{i}/{n}' for i in missing)} missing (not run or not finished); "
+                        f"run: {rerun(missing)}")
+    rows_of: dict[str, list[dict]] = {}
+    incomplete: list[int] = []
+    for i in range(n):
+        data = found[i, n]
+        manifest = out / _part_file("manifest", (i, n), "csv")
+        try:
+            with open(manifest, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            incomplete.append(i)
+            continue
+        counts = [(str(k), int(c)) for k, c in data["rows"]]
+        done = [_read_part(out / PARTS / f"{k}.json") for k, _ in counts]
+        if (sum(c for _, c in counts) != len(rows)
+                or any(d is None or d.get("fingerprint") != first["fingerprint"] for d in done)
+                or any(part_of(k, n) != i for k, _ in counts)):
+            incomplete.append(i)
+            continue
+        at = 0
+        for key, count in counts:
+            rows_of[key] = rows[at:at + count]
+            at += count
+    if incomplete:
+        raise DataError(f"{out}: part{'s' if len(incomplete) > 1 else ''} "
+                        f"{', '.join(f'{i}/{n}' for i in incomplete)} incomplete (a manifest or unit "
+                        f"file missing or changed); run again: {rerun(incomplete)}")
+    if set(rows_of) != set(first["units"]):
+        raise DataError(f"{out}: the parts do not cover the inputs' units exactly once; rerun all "
+                        f"parts: {rerun(range(n))}")
+    rows = [row for key in first["units"] for row in rows_of[key]]
+    earlier = _earlier(out, set(rows_of), {r.get("source", "") for r in rows}, first["fingerprint"],
+                       keep={r["path"] for r in rows if r.get("path")})
+    rows += [row for done in earlier for row in done["rows"]]
+    report = PrepareReport(out=out, manifest=out / MANIFEST)
+    for data in (found[i, n] for i in range(n)):
+        summary = data.get("summary", {})
+        for name in ("videos", "videos_failed", "photos", "frames_read", "faces",
+                     "frames_without_face", "short_videos", "reused"):
+            setattr(report, name, getattr(report, name) + int(summary.get(name, 0)))
+        for reason, count in summary.get("failures", {}).items():
+            report.failures[reason] = report.failures.get(reason, 0) + int(count)
+        report.notes += summary.get("notes", [])
+        report.seconds = max(report.seconds, float(summary.get("seconds", 0.0)))
+    report.problems = [tuple(p) for p in first.get("summary", {}).get("problems", [])]
+    _write_manifest(report.manifest, rows)
+    before = _read_settings(out)
+    given = list(first.get("inputs", []))
+    atomic_write(out / SETTINGS, json.dumps({
+        "prepare": first["prepare"],
+        "inputs": [*(p for p in before.get("inputs", []) if p not in given), *given],
+        "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+        "merged_parts": n,
+        **environment(),
+        "version": __version__,
+        "tool_command": "prepare",
+    }, indent=2, default=str))
+    for i in range(n):  # merged: a later merge must not mix these in again
+        (out / _part_file("manifest", (i, n), "csv")).unlink(missing_ok=True)
+        (out / _part_file("prepare", (i, n), "json")).unlink(missing_ok=True)
+    if earlier:
+        report.notes.append(f"the manifest also keeps {sum(len(p['rows']) for p in earlier)} rows "
+                            f"of {len(earlier)} earlier units prepared into {out}")
+    report.notes.append(f"merged {n} parts (merge took {time.perf_counter() - started:.1f} s)")
+    return report
