@@ -669,6 +669,41 @@ def prepare_merge(
 
 @app.command(
     epilog=_examples(
+        "deepfake-detect shard /data/faces --out /data/faces-shards",
+        "deepfake-detect shard ffpp/ celebdf/manifest.csv --out shards --workers 8 --test-fraction 0.1",
+        "deepfake-detect train -c exp.yaml data.path=/data/faces-shards",
+    )
+)
+def shard(
+    inputs: Annotated[list[Path], typer.Argument(help="Dataset folders or CSV manifests (as data.path takes them).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <split>/ litdata chunks, <split>/samples.csv, shards.json.")],
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes writing chunks.")] = 1,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction held out for val where a dataset has no split (as data.val_fraction).")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction held out for test (as data.test_fraction).")] = 0.0,
+    split_seed: Annotated[int, typer.Option(min=0, help="Seed of the grouped split (as data.split_seed).")] = 0,
+    group_depth: Annotated[int | None, typer.Option(min=0, max=8, help="Folder levels under a label folder that name a group (as data.group_depth; default: recognised).")] = None,
+) -> None:
+    """Pack datasets into litdata shards, one per split, for fast streaming training.
+
+    Splits are made as training makes them (a video never straddles splits) and fixed in the
+    shards; images are stored as their files' bytes. Unreadable images are skipped and counted.
+    Train from them with data.path=OUT.
+    """
+    from deepfake_detect.data.shards import write_shards
+
+    report = write_shards(inputs, out, workers=workers, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed,
+                          group_depth=group_depth)
+    table = Table(title="shard", show_header=False)
+    for key, value in report.table():
+        table.add_row(key, value)
+    out_console.print(table)
+    for path, reason in report.skipped[:10]:
+        console.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}")
+
+
+@app.command(
+    epilog=_examples(
         "deepfake-detect synthesize faces/manifest.csv --out sbi_data",
         "deepfake-detect synthesize crops/real --landmarks landmarks.json --out sbi_data --per-image 2",
     )

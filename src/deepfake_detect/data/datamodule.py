@@ -101,6 +101,10 @@ class FaceDataModule(L.LightningDataModule):
         self.heldout_reals_from: str | None = None  # "test" | "val"; None: nothing held out
         # Set by training for the feature_extractor strategy (deepfake_detect.data.feature_cache).
         self.feature_cache: FeatureCache | None = None
+        # data.path names a shard folder (deepfake-detect shard): its loaders stream from it
+        self.shards: Path | None = None
+        self._shard_test: list[Sample] | None = None  # the test split extracted to files
+        self._shard_tmp: Any = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -110,6 +114,8 @@ class FaceDataModule(L.LightningDataModule):
             raise DataError(
                 "data.path is empty: give a dataset folder or CSV, e.g. data.path=/data/ff++"
             )
+        if self._setup_shards():
+            return
         gathered = gather_samples(
             self.data.path, videos=self.data.videos, prepare=self.prepare,
             faces_cache=self.data.faces_cache, cache_root=self.cache_root,
@@ -143,6 +149,33 @@ class FaceDataModule(L.LightningDataModule):
             self._set_heldout(held)
         log.info("data:\n%s", self.summary())
 
+    def _setup_shards(self) -> bool:
+        """Read a shard folder named by ``data.path`` (its splits are those it was written
+        with); False when ``data.path`` is not one."""
+        from deepfake_detect.data.shards import SPLITS, read_index, shard_info
+
+        infos = [(Path(p), shard_info(p)) for p in self.data.path]
+        shards = [(p, info) for p, info in infos if info is not None]
+        if not shards:
+            return False
+        if len(self.data.path) > 1:
+            raise DataError("data.path: a shard folder must be the only data path; shard the "
+                            "datasets together with `deepfake-detect shard A B --out DIR`")
+        folder, info = shards[0]
+        if self.data.holdout_groups:
+            raise DataError("data.holdout_groups cannot be used with a shard folder yet; train "
+                            "from the dataset folders")
+        if self.data.balance == "sampler":
+            raise DataError("data.balance: sampler cannot be used with a shard folder (it "
+                            "streams); use data.balance: loss_weight")
+        self.shards = folder
+        self.skipped = [(d["path"], d["reason"]) for d in info.get("skipped", [])]
+        samples = [s for split in SPLITS for s in read_index(folder, split)]
+        check_splits(samples)
+        self._samples = samples
+        log.info("data (shards %s, splits as written):\n%s", folder, self.summary())
+        return True
+
     def _set_heldout(self, held: list[Sample]) -> None:
         """The held-out set: ``held`` (the held-out groups' videos) plus the reals of the test
         split, or of val when test has none, so that it has both classes to score."""
@@ -170,9 +203,25 @@ class FaceDataModule(L.LightningDataModule):
         if split == "heldout":
             self._require()
             return list(self._heldout)
+        if split == "test" and self.shards is not None:
+            return list(self._extracted_test())
         return [s for s in self._require() if s.split == split]
 
+    def _extracted_test(self) -> list[Sample]:
+        """The shards' test split written out as files (byte for byte) in a temporary folder
+        kept while this object lives: evaluation reads image files."""
+        if self._shard_test is None:
+            import tempfile
+
+            from deepfake_detect.data.shards import extract_split
+
+            self._shard_tmp = tempfile.TemporaryDirectory(prefix="deepfake-detect-shard-test-")
+            self._shard_test = extract_split(self.shards, "test", self._shard_tmp.name)
+        return self._shard_test
+
     def has_split(self, split: str) -> bool:
+        if self.shards is not None and split == "test":  # without extracting it
+            return any(s.split == split for s in self._require())
         return bool(self.samples(split))
 
     def heldout_counts(self) -> dict[str, int]:
@@ -233,14 +282,36 @@ class FaceDataModule(L.LightningDataModule):
             return EpochBalancedSampler([item.label for item in items], seed=self.seed)
         return EpochRandomSampler(items, seed=self.seed)
 
+    def shard_loader(self, split: str, *, train: bool = False) -> DataLoader:
+        """A litdata ``StreamingDataLoader`` over ``split`` of the shard folder: the training
+        split shuffled with ``seed`` and augmented, the others in order and without."""
+        from litdata import StreamingDataLoader
+
+        from deepfake_detect.data.shards import ShardDataset
+
+        augment = self.data.augment if train else None
+        dataset = ShardDataset(self.shards / split, build_transform(self.preprocessing, augment),
+                               shuffle=train, seed=self.seed)
+        n = len(dataset)
+        size = self.data.batch_size
+        if not train:
+            size = self.data.eval_batch_size or size
+        options = self._loader_options()
+        options.pop("persistent_workers")  # litdata restarts its workers per epoch itself
+        return StreamingDataLoader(dataset, batch_size=size, drop_last=train and n > size,
+                                   **options)
+
     def train_dataloader(self) -> DataLoader:
         train = self.samples("train")
         batch = self.data.batch_size
-        sampler = self.train_sampler(train)
         if self.feature_cache is not None and self.feature_cache.complete("train"):
+            sampler = self.train_sampler(train)
             return self.feature_cache.loader(
                 "train", [s.label for s in train], batch, sampler, drop_last=len(train) > batch
             )
+        if self.shards is not None:
+            return self.shard_loader("train", train=True)
+        sampler = self.train_sampler(train)
         dataset = FaceImageDataset(train, build_transform(self.preprocessing, self.data.augment))
         return DataLoader(
             dataset, batch, sampler=sampler, drop_last=len(train) > batch, **self._loader_options()
@@ -260,10 +331,14 @@ class FaceDataModule(L.LightningDataModule):
         if self.feature_cache is not None and self.feature_cache.complete("val"):
             size = self.data.eval_batch_size or self.data.batch_size
             return self.feature_cache.loader("val", [s.label for s in val], size)
+        if self.shards is not None:
+            return self.shard_loader("val")
         return self.eval_dataloader(val)
 
     def test_dataloader(self) -> DataLoader | list:
         """The test loader, or an empty list when there is no test split."""
+        if self.shards is not None:
+            return self.shard_loader("test") if self.has_split("test") else []
         test = self.samples("test")
         return self.eval_dataloader(test) if test else []
 

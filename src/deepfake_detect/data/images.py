@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -40,14 +41,19 @@ class UnsupportedModeError(ValueError):
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """``Image.open`` with every decoding failure turned into an :class:`ImageLoadError`."""
-    _check_size(path)
+def _opened(path: Path, data: bytes | None = None) -> Iterator[Image.Image]:
+    """``Image.open`` of the file at ``path`` (or of its bytes ``data``, e.g. read from a
+    shard; ``path`` then only names it) with every decoding failure turned into an
+    :class:`ImageLoadError`."""
+    if data is None:
+        _check_size(path)
+    elif not data:
+        raise ImageLoadError(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # PIL warns about odd but readable metadata; decoding tells what matters
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 yield im
     except ImageLoadError:
         raise
@@ -68,6 +74,13 @@ def load_rgb(path: str | Path) -> Image.Image:
     (65535 -> 255), not clipped. Raises :class:`ImageLoadError` for unreadable files.
     """
     with _opened(Path(path)) as im:
+        im.load()
+        return to_rgb(_upright(im))
+
+
+def decode_rgb(data: bytes, name: str | Path = "<bytes>") -> Image.Image:
+    """:func:`load_rgb` for a file's bytes (``name`` names it in errors)."""
+    with _opened(Path(name), data) as im:
         im.load()
         return to_rgb(_upright(im))
 

@@ -1,0 +1,178 @@
+"""Sharded datasets (deepfake-detect shard): written, read back, trained from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_dataset, tiny_config
+from typer.testing import CliRunner
+
+from deepfake_detect.config import load_config
+from deepfake_detect.config.schema import DataConfig
+from deepfake_detect.data import FaceDataModule
+from deepfake_detect.data.shards import (
+    is_shard_folder,
+    raw_items,
+    read_index,
+    shard_info,
+    write_shards,
+)
+from deepfake_detect.errors import DeepfakeDetectError
+
+PRE = {"input_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def _module(path: Path, **data) -> FaceDataModule:
+    cfg = DataConfig(path=[path], batch_size=4, num_workers=0, augment={"hflip": 0.0}, **data)
+    dm = FaceDataModule(cfg, PRE, seed=0, progress=False)
+    dm.setup()
+    return dm
+
+
+def _key(s):
+    return (str(s.path), s.label, s.video, s.split, s.dataset, s.frame, s.group)
+
+
+@pytest.mark.parametrize("splits", [None, ("train", "val", "test")])
+def test_shards_read_back_the_same_samples_per_split(tmp_path: Path, splits) -> None:
+    data = make_dataset(tmp_path / "ds", videos_per_class=5, splits=splits)
+    report = write_shards([data], tmp_path / "shards", test_fraction=0.2)
+    assert is_shard_folder(tmp_path / "shards") and not report.skipped
+    info = shard_info(tmp_path / "shards")
+    assert info["deepfake_detect.shards"] == 1 and info["inputs"] == [str(data)]
+    assert info["deepfake_detect"]
+
+    folder = _module(data, test_fraction=0.2)  # the splits training on the folder makes
+    for split in ("train", "val", "test"):
+        expected = folder.samples(split)
+        got = read_index(tmp_path / "shards", split)
+        assert [_key(s) for s in got] == [_key(s) for s in expected], split
+        items = raw_items(tmp_path / "shards", split)
+        assert [it["index"] for it in items] == list(range(len(expected)))
+        for it, s in zip(items, expected):
+            assert it["image"] == s.path.read_bytes()  # the bytes as cut, not re-encoded
+            assert it["label"] == s.label
+            assert it["meta"]["video"] == s.video and it["meta"]["group"] == s.group
+        per = {"real": sum(s.label == 0 for s in expected),
+               "fake": sum(s.label == 1 for s in expected)}
+        assert info["counts"][split] == per
+        assert info["videos"][split] == len({s.video for s in expected})
+    # a video never straddles splits
+    seen: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        for s in read_index(tmp_path / "shards", split):
+            assert seen.setdefault(s.video, split) == split
+
+
+def test_shard_loaders_give_what_the_folder_loaders_give(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "ds", videos_per_class=4)
+    write_shards([data], tmp_path / "shards")
+    folder, sharded = _module(data), _module(tmp_path / "shards")
+    assert sharded.shards is not None and sharded.class_counts() == folder.class_counts()
+    for split, loader in (("val", FaceDataModule.val_dataloader),):
+        a = list(loader(folder))
+        b = list(loader(sharded))
+        ia = torch.cat([x["index"] for x in a])
+        ib = torch.cat([x["index"] for x in b])
+        assert sorted(ib.tolist()) == list(range(len(folder.samples(split))))  # each once
+        order = torch.argsort(ib)
+        torch.testing.assert_close(torch.cat([x["image"] for x in b])[order],
+                                   torch.cat([x["image"] for x in a])[torch.argsort(ia)])
+        assert torch.equal(torch.cat([x["label"] for x in b])[order],
+                           torch.cat([x["label"] for x in a])[torch.argsort(ia)])
+    train = list(sharded.train_dataloader())
+    seen = torch.cat([x["index"] for x in train]).tolist()
+    assert len(seen) == len(set(seen)) and len(seen) >= len(sharded.samples("train")) - 4
+
+
+def test_unreadable_images_are_skipped_when_sharding_and_corrupt_items_when_reading(
+    tmp_path: Path,
+) -> None:
+    data = make_dataset(tmp_path / "ds", videos_per_class=4, splits=("train", "val"))
+    broken = data / "val" / "fake" / "val000_frame_0.png"
+    broken.write_bytes(b"not a png")
+    report = write_shards([data], tmp_path / "shards")
+    assert [p for p, _ in report.skipped] == [str(broken)]
+    assert shard_info(tmp_path / "shards")["skipped"][0]["path"] == str(broken)
+
+    # an item whose bytes do not decode (e.g. truncated after the header check): skipped, counted
+    truncated = data / "val" / "fake" / "val001_frame_0.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    write_shards([data], tmp_path / "shards2", verify="none")
+    dm = _module(tmp_path / "shards2")
+    batches = list(dm.val_dataloader())
+    skipped = [s for b in batches for s in b["skipped"]]
+    assert {p for p, _ in skipped} == {str(broken), str(truncated)}
+    scored = sum(len(b["label"]) for b in batches)
+    assert scored == len(dm.samples("val")) - 2
+
+
+def test_shard_refuses_an_out_inside_the_inputs(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "ds", videos_per_class=2)
+    with pytest.raises(DeepfakeDetectError, match="holds the input"):
+        write_shards([data], tmp_path)
+    with pytest.raises(DeepfakeDetectError, match="inside the input|holds the input"):
+        write_shards([data], data)
+    with pytest.raises(DeepfakeDetectError, match="inside the input"):
+        write_shards([data], data / "shards")
+    assert not (data / "shards").exists()
+
+
+def test_training_from_shards_matches_training_from_the_folder(tmp_path: Path) -> None:
+    from deepfake_detect.training.train import train
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=5)
+    write_shards([data], tmp_path / "shards", test_fraction=0.2)
+    runs = {}
+    for name, path in (("folder", data), ("shards", tmp_path / "shards")):
+        base = tiny_config(path, tmp_path / "runs", epochs=1)
+        base["data"]["test_fraction"] = 0.2
+        runs[name] = train(load_config(base=base), out=tmp_path / f"run-{name}")
+    reports = {k: json.loads((r.run_dir / "report.json").read_text()) for k, r in runs.items()}
+    assert reports["shards"]["class_counts"] == reports["folder"]["class_counts"]
+    assert reports["shards"]["skipped"] == 0
+    rows = {}
+    for name, r in runs.items():
+        with open(r.run_dir / "test" / "predictions.csv", newline="") as fh:
+            rows[name] = list(csv.DictReader(fh))
+    assert len(rows["shards"]) == len(rows["folder"]) == 6
+    assert sorted((r["video"], r["label"]) for r in rows["shards"]) == sorted(
+        (r["video"], r["label"]) for r in rows["folder"])
+    assert "auc" in runs["shards"].test_metrics["frame"]
+
+
+def test_shard_cli(tmp_path: Path) -> None:
+    from deepfake_detect.cli.app import app
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=3)
+    runner = CliRunner()
+    result = runner.invoke(app, ["shard", str(data), "--out", str(tmp_path / "s"),
+                                 "--val-fraction", "0.3", "--split-seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and "val" in result.output
+    info = shard_info(tmp_path / "s")
+    assert info["split_rule"]["val_fraction"] == 0.3 and info["split_rule"]["split_seed"] == 1
+    bad = runner.invoke(app, ["shard", str(data), "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "holds the input" in bad.output + str(bad.exception)
+    helped = runner.invoke(app, ["shard", "--help"])
+    assert helped.exit_code == 0 and "deepfake-detect shard" in helped.output
+
+
+def test_sharding_writes_nothing_outside_its_output(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from deepfake_detect.data.shards import write_shards
+
+    # litdata stages chunks under the temp folder unless told otherwise: point it at an empty
+    # folder and check that it stays empty
+    elsewhere = tmp_path / "tmp"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    data = make_dataset(tmp_path / "data", videos_per_class=3, frames=2)
+    write_shards([data], tmp_path / "shards")
+    assert list(elsewhere.iterdir()) == []
+    assert not (tmp_path / "shards" / ".litdata-work").exists()
