@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from deepfake_detect.errors import ConfigError
+from deepfake_detect.evaluation.metrics import metrics_to_json
 from deepfake_detect.inference.ensemble import ModelSource
 from deepfake_detect.inference.options import ScoringOptions
 from deepfake_detect.outputs import atomic_write, inside, owned_folder, safe_name
@@ -231,7 +232,7 @@ def _write_matrix(
     atomic_write(out_dir / "matrix.csv", buffer.getvalue())
     atomic_write(out_dir / "matrix.md", _markdown(names, datasets, cells, comparisons))
     atomic_write(out_dir / "comparisons.csv", _comparisons_csv(comparisons))
-    atomic_write(out_dir / "matrix.json", json.dumps(_finite({
+    atomic_write(out_dir / "matrix.json", json.dumps(metrics_to_json({
         "checkpoints": names, "datasets": datasets,
         "cells": [{"checkpoint": c, "dataset": d, **{
             key: dict(zip(("value", "low", "high"), _value(m, level, metric)))
@@ -319,17 +320,6 @@ def _heatmaps(out_dir: Path, names: list[str], datasets: list[str],
             continue
         plot_matrix_heatmap(values, names, datasets, title, out_dir / f"matrix_{key}.png",
                             higher_is_better=metric != "eer")
-
-
-def _finite(value: Any) -> Any:
-    """JSON without NaN (null instead): strict readers reject NaN."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # -- paired comparisons -------------------------------------------------------------------
