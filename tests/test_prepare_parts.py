@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from deepfake_detect.cli import app
 from deepfake_detect.config.schema import PrepareConfig
 from deepfake_detect.data import prepare as prep
+from deepfake_detect.outputs import PartLock
 from deepfake_detect.data.media_inputs import find_media
 from deepfake_detect.data.prepare import make_units, merge_parts, parse_part, part_of, prepare
 from deepfake_detect.errors import DataError, OutputError
@@ -103,10 +104,10 @@ def test_merge_refuses_missing_part_and_mixed_splits(tmp_path: Path, media: Path
 def test_part_locks(tmp_path: Path, media: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with prep._PartLock(out, (0, 2)):
+    with PartLock(out, (0, 2), folder=out / prep.PARTS / "part-0-of-2"):
         with pytest.raises(OutputError, match=r"part 0/2 .* another run"):
             prepare([media], out, _settings(), progress=False, detector=BrightSquare(), part=(0, 2))
-        with prep._PartLock(out, (1, 2)):  # another part may run meanwhile
+        with PartLock(out, (1, 2), folder=out / prep.PARTS / "part-1-of-2"):  # another part may run meanwhile
             with pytest.raises(OutputError, match="in use"):  # a whole run may not
                 prepare([media], out, _settings(), progress=False, detector=BrightSquare())
             with pytest.raises(OutputError, match="in use"):  # nor a merge

@@ -14,13 +14,8 @@ from typer.testing import CliRunner
 from deepfake_detect.config import load_config
 from deepfake_detect.config.schema import DataConfig
 from deepfake_detect.data import FaceDataModule
-from deepfake_detect.data.shards import (
-    is_shard_folder,
-    raw_items,
-    read_index,
-    shard_info,
-    write_shards,
-)
+from deepfake_detect.data.shard_reader import is_shard_folder, raw_items, read_index, shard_info
+from deepfake_detect.data.shards import write_shards
 from deepfake_detect.errors import DeepfakeDetectError
 
 PRE = {"input_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -97,7 +92,8 @@ def test_unreadable_images_are_skipped_when_sharding_and_corrupt_items_when_read
     broken.write_bytes(b"not a png")
     report = write_shards([data], tmp_path / "shards")
     assert [p for p, _ in report.skipped] == [str(broken)]
-    assert shard_info(tmp_path / "shards")["skipped"][0]["path"] == str(broken)
+    entry = shard_info(tmp_path / "shards")["skipped"][0]
+    assert entry["path"] == str(broken) and entry["split"] == "val"  # counted with its split
 
     # an item whose bytes do not decode (e.g. truncated after the header check): skipped, counted
     truncated = data / "val" / "fake" / "val001_frame_0.png"
@@ -176,3 +172,124 @@ def test_sharding_writes_nothing_outside_its_output(tmp_path: Path, monkeypatch)
     write_shards([data], tmp_path / "shards")
     assert list(elsewhere.iterdir()) == []
     assert not (tmp_path / "shards" / ".litdata-work").exists()
+
+
+def test_heldout_groups_with_shards_leave_whole_videos_out_and_train(tmp_path: Path) -> None:
+    from test_groups import ffpp
+
+    from deepfake_detect.training.train import train
+
+    root = ffpp(tmp_path / "ff", reals=8)
+    write_shards([root], tmp_path / "shards", val_fraction=0.25, test_fraction=0.25)
+    written = {split: read_index(tmp_path / "shards", split) for split in ("train", "val", "test")}
+    held_videos = {s.video for ss in written.values() for s in ss if s.group == "NeuralTextures"}
+    assert held_videos
+    dm = _module(tmp_path / "shards", holdout_groups=["NeuralTextures"])
+    assert not dm.shard_streams  # read item by item: the splits have holes now
+    for split, samples in written.items():
+        kept = [_key(s) for s in samples if s.video not in held_videos]
+        assert [_key(s) for s in dm.samples(split)] == kept, split  # the splits as written
+    heldout = dm.samples("heldout")
+    assert {s.video for s in heldout if s.label == 1} == held_videos
+    assert [_key(s) for s in heldout if s.label == 0] == [
+        _key(s) for s in written["test"] if s.label == 0]
+    # the images come from the shards' items, with the folder's bytes
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 32, 32)
+    assert set(batch["index"].tolist()) <= set(range(len(dm.samples("train"))))
+
+    base = tiny_config(tmp_path / "shards", tmp_path / "runs", epochs=1)
+    base["data"]["holdout_groups"] = ["NeuralTextures"]
+    base["eval"] = {"plots": False}
+    result = train(load_config(base=base), out=tmp_path / "run")
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["heldout"]["groups"] == ["NeuralTextures"]
+    n_held = sum(1 for s in heldout if s.label == 1)
+    assert report["heldout"]["frame"]["n_fake"] == n_held
+    assert report["heldout"]["frame"]["n_real"] == len(heldout) - n_held
+    assert report["test"]["frame"]["n_fake"] == sum(
+        s.label for s in written["test"] if s.video not in held_videos)
+
+
+def test_balanced_sampler_with_shards_draws_both_classes_alike(tmp_path: Path) -> None:
+    # 2 real videos against 10 fake ones: the sampler draws the reals about as often
+    data = tmp_path / "ds"
+    make_dataset(data, videos_per_class=10, frames=2, splits=("train", "val"))
+    for path in sorted((data / "train" / "real").iterdir())[4:]:
+        path.unlink()
+    write_shards([data], tmp_path / "shards")
+    dm = _module(tmp_path / "shards", balance="sampler")
+    assert not dm.shard_streams
+    train = dm.samples("train")
+    assert sum(s.label == 0 for s in train) == 4 and sum(s.label == 1 for s in train) == 20
+    labels = torch.cat([b["label"] for _ in range(10) for b in dm.train_dataloader()])
+    assert 0.35 < labels.float().mean().item() < 0.65  # unbalanced data would give 0.83
+    # the sampler-driven loaders cannot resume mid-epoch: refused up front
+    from deepfake_detect.errors import ConfigError
+    from deepfake_detect.training.train import train as run_train
+
+    base = tiny_config(tmp_path / "shards", tmp_path / "runs", epochs=1,
+                       checkpoint_every_n_steps=2)
+    base["data"]["balance"] = "sampler"
+    with pytest.raises(ConfigError, match="streams"):
+        run_train(load_config(base=base), out=tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "delete"])
+def test_a_corrupt_chunk_is_named_and_the_rest_trains(tmp_path: Path, damage: str, caplog) -> None:
+    from deepfake_detect.data.shard_reader import check_chunks
+    from deepfake_detect.training.train import train
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=6, frames=4, splits=("train", "val"))
+    shards = tmp_path / "shards"
+    write_shards([data], shards, chunk_bytes="20KB")  # several chunks per split
+    index = json.loads((shards / "train" / "index.json").read_text())
+    assert len(index["chunks"]) >= 3
+    victim = shards / "train" / index["chunks"][1]["filename"]
+    lost = index["chunks"][1]["chunk_size"]
+    body = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(body[: len(body) // 2])
+    elif damage == "overwrite":
+        victim.write_bytes(bytes(len(body)))
+    else:
+        victim.unlink()
+    assert [(n, k) for n, k, _ in check_chunks(shards / "train")] == [(victim.name, lost)]
+    assert check_chunks(shards / "val") == []
+
+    base = tiny_config(shards, tmp_path / "runs", epochs=1, evaluate_test=False)
+    with caplog.at_level("WARNING", logger="deepfake_detect.data.datamodule"):
+        result = train(load_config(base=base), out=tmp_path / "run")
+    assert f"train/{victim.name} is unreadable" in caplog.text
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["skipped"] == lost  # the samples of that chunk, each by its source file
+    written = {str(s.path) for s in read_index(shards, "train")}
+    assert all(e["path"] in written and victim.name in e["error"]
+               for e in report["skipped_files"])
+    total = sum(report["class_counts"]["train"].values())
+    assert total == len(written) - lost
+    assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
+
+
+def test_evaluating_shards_with_a_corrupt_chunk_counts_its_samples_skipped(tmp_path: Path) -> None:
+    from deepfake_detect.cli.app import app
+    from deepfake_detect.training.train import train
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=6, frames=4,
+                        splits=("train", "val", "test"))
+    shards = tmp_path / "shards"
+    write_shards([data], shards, chunk_bytes="20KB")
+    run = train(load_config(base=tiny_config(data, tmp_path / "runs", epochs=1,
+                                             evaluate_test=False)), out=tmp_path / "run")
+    index = json.loads((shards / "test" / "index.json").read_text())
+    victim = shards / "test" / index["chunks"][0]["filename"]
+    victim.write_bytes(victim.read_bytes()[:100])
+    lost = index["chunks"][0]["chunk_size"]
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run.best_checkpoint),
+                                      "--data", str(shards), "--split", "test", "--out",
+                                      str(tmp_path / "ev"), "--no-plots", "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(next((tmp_path / "ev").glob("*/metrics.json")).read_text())
+    assert metrics["skipped"] == lost
+    assert metrics["frame"]["n_real"] + metrics["frame"]["n_fake"] == \
+        len(read_index(shards, "test")) - lost

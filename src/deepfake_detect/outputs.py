@@ -368,3 +368,61 @@ def atomic_open(path: str | Path, encoding: str = "utf-8", newline: str | None =
     """A text file handle whose content replaces ``path`` in one step when the block ends."""
     with atomic_target(path) as tmp, open(tmp, "w", encoding=encoding, newline=newline) as fh:
         yield fh
+
+
+class PartLock:
+    """The locks of a part run: the folder's lock held *shared* (parts run side by side; a
+    whole run or a merge, which hold it exclusively, are refused meanwhile, and refuse it) and
+    ``<folder>/.deepfake-detect.lock`` exclusively (:class:`RunLock`: the same part twice is
+    refused). OS locks: the kernel drops them when the process dies (NFS: Linux maps them onto
+    the server's byte-range locks).
+
+    ``prepare --part i/n`` (own lock in ``.parts/part-<i>-of-<n>``) and ``shard --node-rank r
+    --num-nodes n`` (in ``.nodes/node-<r>-of-<n>``) both use it, so that both kinds of split runs
+    follow one locking rule."""
+
+    def __init__(self, out: Path, part: tuple[int, int], *, folder: Path, command: str = "prepare",
+                 flag: str | None = None, name: str | None = None, doing: str = "prepared"):
+        i, n = part
+        self.out, self.part, self.command, self.folder = out, part, command, folder
+        self.flag = flag or f"--part {i}/{n}"  # how the user asks for this part
+        self.name = name or f"part {i}/{n}"
+        self.doing = doing
+        self._shared: RunLock | None = None
+        self._own: RunLock | None = None
+
+    def acquire(self) -> PartLock:
+        # a folder's first run marks it as the command's (the lock file names the command)
+        with contextlib.suppress(OutputError):
+            RunLock(self.out, self.command).acquire().release()
+        what = f"{self.command} {self.flag}"
+        # retried for a moment: parts starting together each hold the folder's lock exclusively
+        # for an instant (the marking above); only a lasting holder (a whole run, a merge) refuses
+        for attempt in range(20):
+            try:
+                self._shared = RunLock(self.out, what).acquire(shared=True)
+                break
+            except OutputError as exc:
+                if attempt == 19:
+                    raise OutputError(f"{exc} (a whole-folder run: run {self.flag} after it)") from None
+                time.sleep(0.05)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._own = RunLock(self.folder, what).acquire()
+        except OutputError as exc:
+            self.release()
+            raise OutputError(f"{self.name} of {self.out} is being {self.doing} by another run "
+                              f"({exc}); run each part once at a time") from None
+        return self
+
+    def release(self) -> None:
+        for lock in (self._own, self._shared):
+            if lock is not None:
+                lock.release()
+        self._own = self._shared = None
+
+    def __enter__(self) -> PartLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -159,7 +159,7 @@ def train(
         str | None,
         typer.Option(help="fine_tuning, feature_extractor or peft_lora: the same as strategy.name=NAME."),
     ] = None,
-    data: Annotated[list[Path] | None, typer.Option(help="Dataset folder or CSV: data.path (repeatable).", rich_help_panel=_FLAGS)] = None,
+    data: Annotated[list[Path] | None, typer.Option(help="Dataset folder or CSV, or a shard dataset (folder or s3://, gs://, azure:// URI): data.path (repeatable).", rich_help_panel=_FLAGS)] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs", rich_help_panel=_FLAGS)] = None,
     batch_size: Annotated[int | None, typer.Option(help="data.batch_size", rich_help_panel=_FLAGS)] = None,
     lr: Annotated[float | None, typer.Option(help="train.optimizer.lr", rich_help_panel=_FLAGS)] = None,
@@ -226,11 +226,12 @@ def train(
         "deepfake-detect evaluate --checkpoint runs/ensemble.yaml --data cdf/ --data dfdc/",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data ffpp/ --bootstrap 2000 --seed 1",
         "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data cdf/ --perturb jpeg:90,70,50,30 --perturb blur:1,2,3",
+        "deepfake-detect evaluate --checkpoint runs/x1/model.safetensors --data s3://bucket/ffpp-shards --split test",
     )
 )
 def evaluate(
     checkpoint: Checkpoints,
-    data: Annotated[list[Path], typer.Option(help="Dataset folder or CSV manifest; repeatable.")],
+    data: Annotated[list[Path], typer.Option(help="Dataset folder or CSV manifest, or a shard dataset (folder or s3://, gs://, azure:// URI); repeatable.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default runs/evaluate-<time>).")] = None,
     split: Annotated[str, typer.Option(help="auto (test split if present, else all), test, val, train, all.")] = "auto",
     threshold: Threshold = None,
@@ -284,7 +285,7 @@ def benchmark(
         "--checkpoint", help="A checkpoint (or ensemble .yaml) to compare; repeatable: each is "
         "one row of the matrix.")] = None,
     data: Annotated[list[Path] | None, typer.Option(
-        help="Dataset folder or CSV manifest; repeatable: each is one column.")] = None,
+        help="Dataset folder or CSV manifest, or a shard dataset (folder or s3://... URI); repeatable: each is one column.")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="YAML with `checkpoints:` and `data:` lists (paths, or "
         "{path, name, config}) and optionally split, perturb, bootstrap, seed, group_depth; "
@@ -546,6 +547,42 @@ def export(
                   f"threshold {result.threshold:.4g}{parity})")
 
 
+ShardsDir = Annotated[Path | None, typer.Option(
+    "--shards", metavar="DIR",
+    help="Then also pack the finished output into litdata shards in DIR, as `deepfake-detect "
+    "shard OUT --out DIR` would (DIR outside --out and the inputs). Not with --part: give it to "
+    "prepare-merge.")]
+ShardValFraction = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="With --shards: fraction held out for val where the data has no split "
+    "(as shard --val-fraction; default 0.15).")]
+ShardTestFraction = Annotated[float | None, typer.Option(
+    min=0.0, max=1.0, help="With --shards: fraction held out for test (as shard --test-fraction; "
+    "default 0).")]
+ShardSplitSeed = Annotated[int | None, typer.Option(
+    min=0, help="With --shards: seed of the grouped split (as shard --split-seed; default 0).")]
+ShardGroupDepth = Annotated[int | None, typer.Option(
+    min=0, max=8, help="With --shards: folder levels under a label folder that name a group (as "
+    "shard --group-depth; default: recognised).")]
+
+
+def _shard_options(shards, workers, val_fraction, test_fraction, split_seed, group_depth):
+    """``--shards DIR`` and its split options as the library's ShardOptions (None without it);
+    a split option without --shards is a usage error, not silently ignored."""
+    from deepfake_detect.data.shards import ShardOptions
+
+    given = {"--val-fraction": val_fraction, "--test-fraction": test_fraction,
+             "--split-seed": split_seed, "--group-depth": group_depth}
+    if shards is None:
+        stray = [flag for flag, value in given.items() if value is not None]
+        if stray:
+            raise typer.BadParameter("only applies with --shards DIR (the split of the shards); "
+                                     "add --shards DIR or leave it out", param_hint=stray[0])
+        return None
+    options = {"out": shards, "workers": workers, "val_fraction": val_fraction,
+               "test_fraction": test_fraction, "split_seed": split_seed, "group_depth": group_depth}
+    return ShardOptions(**{k: v for k, v in options.items() if v is not None})
+
+
 @app.command(
     epilog=_examples(
         "deepfake-detect prepare /data/videos --out /data/faces",
@@ -554,6 +591,7 @@ def export(
         "deepfake-detect prepare clips/*.mp4 --label real --out real_faces",
         "deepfake-detect prepare dfdc/ --out dfdc_faces --device cuda --batch-size 128 --videos-at-once 8",
         "deepfake-detect prepare /nfs/dfdc/ --out /nfs/dfdc_faces --part 0/4",
+        "deepfake-detect prepare ffpp/ --out ffpp_faces --shards ffpp_shards --test-fraction 0.1",
     )
 )
 def prepare(
@@ -583,12 +621,18 @@ def prepare(
     videos_at_once: Annotated[int, typer.Option(min=1, help="Videos each process decodes together, their frames sharing detection batches.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that deepfake-detect did not make (never one holding the inputs).")] = False,
     part: Annotated[str | None, typer.Option("--part", metavar="I/N", help="Do only part I of N (0 <= I < N) of the work, e.g. on machine I of N sharing --out (same inputs, paths and settings on each); writes manifest.part-I-of-N.csv. Join the parts with `deepfake-detect prepare-merge OUT`.")] = None,
+    shards: ShardsDir = None,
+    val_fraction: ShardValFraction = None,
+    test_fraction: ShardTestFraction = None,
+    split_seed: ShardSplitSeed = None,
+    group_depth: ShardGroupDepth = None,
 ) -> None:
     """Turn videos and photos into face crops plus a manifest.csv the training loader reads.
 
     Frames without a face are listed in the manifest with the reason; a rerun into the same
     --out skips finished videos and redoes unfinished ones. With --part I/N, N machines each
-    do 1/N of the videos into the same --out; prepare-merge then writes manifest.csv.
+    do 1/N of the videos into the same --out; prepare-merge then writes manifest.csv. With
+    --shards DIR the finished output is also packed into litdata shards (as `shard OUT --out DIR`).
     """
     from deepfake_detect.config.loading import read_yaml, validate
     from deepfake_detect.config.schema import PrepareConfig
@@ -603,6 +647,7 @@ def prepare(
             part_value = parse_part(part)
         except DataError as exc:
             raise typer.BadParameter(str(exc).removeprefix(f"--part {part}: "), param_hint="--part") from None
+    shard_options = _shard_options(shards, workers, val_fraction, test_fraction, split_seed, group_depth)
     base: dict = {}
     if config is not None:
         raw = read_yaml(config)
@@ -628,7 +673,8 @@ def prepare(
         if label_value is None:
             raise typer.BadParameter(f"--label {label!r}: use real or fake")
     report = run_prepare(inputs, out, settings, label=label_value, workers=workers,
-                         videos_at_once=videos_at_once, force=force, part=part_value)
+                         videos_at_once=videos_at_once, force=force, part=part_value,
+                         shards=shard_options)
     _print_prepare(report, "prepare" if part_value is None else f"prepare part {part_value[0]}/{part_value[1]}")
     if part_value is not None:
         console.print(f"when all {part_value[1]} parts are done: deepfake-detect prepare-merge {escape(str(out))}")
@@ -644,6 +690,8 @@ def _print_prepare(report, title: str) -> None:
     for note in report.notes[:10]:
         console.print(f"[dim]{escape(note)}[/dim]")
     console.print(f"manifest: {report.manifest}")
+    if report.shards is not None:
+        _print_shards(report.shards)
 
 
 @app.command(
@@ -651,20 +699,29 @@ def _print_prepare(report, title: str) -> None:
         "deepfake-detect prepare-merge /nfs/dfdc_faces",
         "for i in 0 1 2 3; do deepfake-detect prepare dfdc/ --out faces --part $i/4; done && "
         "deepfake-detect prepare-merge faces",
+        "deepfake-detect prepare-merge /nfs/dfdc_faces --shards /nfs/dfdc_shards --val-fraction 0.1",
     )
 )
 def prepare_merge(
     out: Annotated[Path, typer.Argument(help="The --out of the `prepare --part I/N` runs.")],
+    shards: ShardsDir = None,
+    workers: Annotated[int, typer.Option(min=1, help="With --shards: worker processes writing chunks.")] = 1,
+    val_fraction: ShardValFraction = None,
+    test_fraction: ShardTestFraction = None,
+    split_seed: ShardSplitSeed = None,
+    group_depth: ShardGroupDepth = None,
 ) -> None:
     """Join the parts of `prepare --part I/N` into manifest.csv and prepare.json.
 
     Checks that all N parts are there, complete, of the same N, inputs and settings (it names
     the missing ones and the command that makes them); the rows come in the order one whole
-    `prepare` would write them.
+    `prepare` would write them. With --shards DIR the merged output is then packed into litdata
+    shards (as `shard OUT --out DIR`).
     """
     from deepfake_detect.data.prepare import merge_parts
 
-    _print_prepare(merge_parts(out), "prepare-merge")
+    options = _shard_options(shards, workers, val_fraction, test_fraction, split_seed, group_depth)
+    _print_prepare(merge_parts(out, shards=options), "prepare-merge")
 
 
 @app.command(
@@ -672,6 +729,8 @@ def prepare_merge(
         "deepfake-detect shard /data/faces --out /data/faces-shards",
         "deepfake-detect shard ffpp/ celebdf/manifest.csv --out shards --workers 8 --test-fraction 0.1",
         "deepfake-detect train -c exp.yaml data.path=/data/faces-shards",
+        "deepfake-detect shard /nfs/faces --out /nfs/faces-shards --node-rank 0 --num-nodes 4   "
+        "# machine 0; --node-rank 1, 2, 3 on the others",
     )
 )
 def shard(
@@ -682,24 +741,70 @@ def shard(
     test_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fraction held out for test (as data.test_fraction).")] = 0.0,
     split_seed: Annotated[int, typer.Option(min=0, help="Seed of the grouped split (as data.split_seed).")] = 0,
     group_depth: Annotated[int | None, typer.Option(min=0, max=8, help="Folder levels under a label folder that name a group (as data.group_depth; default: recognised).")] = None,
+    node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R", help="With --num-nodes N: this machine is node R (0 <= R < N) of N machines sharing --out (same inputs, paths and options on each) and writes only its share. The last node to finish merges them into one dataset (or run `deepfake-detect shard-merge OUT`).")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", metavar="N", help="How many machines shard into --out together (with --node-rank).")] = None,
 ) -> None:
     """Pack datasets into litdata shards, one per split, for fast streaming training.
 
     Splits are made as training makes them (a video never straddles splits) and fixed in the
     shards; images are stored as their files' bytes. Unreadable images are skipped and counted.
-    Train from them with data.path=OUT.
+    Train from them with data.path=OUT. With --node-rank R --num-nodes N, N machines each write
+    1/N of the items; the result is the dataset one machine would write.
     """
-    from deepfake_detect.data.shards import write_shards
+    from deepfake_detect.data.shards import check_node, write_shards
+    from deepfake_detect.errors import DataError
 
+    node = None
+    if (node_rank is None) != (num_nodes is None):
+        raise typer.BadParameter("give --node-rank R and --num-nodes N together, e.g. --node-rank 0 "
+                                 "--num-nodes 4", param_hint="--node-rank/--num-nodes")
+    if node_rank is not None:
+        try:
+            node = check_node((node_rank, num_nodes))
+        except DataError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--node-rank/--num-nodes") from None
     report = write_shards(inputs, out, workers=workers, val_fraction=val_fraction,
                           test_fraction=test_fraction, split_seed=split_seed,
-                          group_depth=group_depth)
-    table = Table(title="shard", show_header=False)
+                          group_depth=group_depth, node=node)
+    _print_shards(report)
+
+
+@app.command(
+    epilog=_examples(
+        "deepfake-detect shard-merge /nfs/faces-shards",
+        "deepfake-detect shard-merge /nfs/faces-shards --num-nodes 4",
+    )
+)
+def shard_merge(
+    out: Annotated[Path, typer.Argument(help="The --out of the `shard --node-rank R --num-nodes N` runs.")],
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", metavar="N", min=1, help="Merge the node parts of this N (needed only when the folder holds parts of several N).")] = None,
+) -> None:
+    """Join the node parts of `shard --node-rank R --num-nodes N` into one shard dataset.
+
+    The last node to finish does this itself; run it when that node could not (e.g. another
+    was still running). Checks that all N nodes are there, finished, of the same inputs,
+    options and samples (it names the missing ones and the command that makes them), then
+    writes the splits and shards.json as one machine would have and removes the node parts.
+    """
+    from deepfake_detect.data.shards import merge_shard_nodes
+
+    _print_shards(merge_shard_nodes(out, num_nodes))
+
+
+def _print_shards(report) -> None:
+    title = "shard"
+    if report.node is not None:
+        title = f"shard node {report.node[0]}/{report.node[1]} (its share)"
+    elif report.merged_nodes:
+        title = f"shard ({report.merged_nodes} nodes merged)"
+    table = Table(title=title, show_header=False)
     for key, value in report.table():
         table.add_row(key, value)
     out_console.print(table)
     for path, reason in report.skipped[:10]:
         console.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}")
+    for note in report.notes:
+        console.print(f"[dim]{escape(note)}[/dim]")
 
 
 @app.command(

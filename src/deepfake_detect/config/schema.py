@@ -7,6 +7,7 @@ its own keys without this module knowing about every detector.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,10 +151,41 @@ class AugmentConfig(Strict):
         return v
 
 
+# object stores litdata reads shard datasets from (its resolver also knows r2:// and hf://,
+# which need Lightning's own services or are not shard folders)
+STORAGE_SCHEMES = ("s3", "gs", "azure")
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(/+)(.*)", re.S)
+
+
+def data_location(value: str | Path) -> Path | str:
+    """A data path as the rest of the code takes it: a local path as a Path, an object-store
+    URI (``s3://bucket/shards``) as its unchanged string. Path() turns ``s3://b/x`` into
+    ``s3:/b/x``: a URI that went through a Path on its way here (a command-line option typed
+    as a path) is recognised by its scheme and given back its ``//``. Raises ValueError for a
+    ``scheme://`` URI that no object store of litdata's answers to (http://, ...)."""
+    text = str(value)
+    match = _URI.fullmatch(text)
+    if match is None:
+        return Path(value)
+    scheme, slashes, rest = match[1].lower(), match[2], match[3]
+    if scheme not in STORAGE_SCHEMES:
+        if len(slashes) == 1:  # "name:/x" is a legal local path; "name://x" is meant as a URI
+            return Path(value)
+        raise ValueError(f"{text}: object storage URIs start with "
+                         f"{', '.join(s + '://' for s in STORAGE_SCHEMES)} (only shard datasets "
+                         "written by `deepfake-detect shard` are read from object storage); "
+                         "give a local folder or CSV otherwise")
+    if not rest.strip("/"):
+        raise ValueError(f"{text}: name the bucket and folder, e.g. {scheme}://bucket/shards")
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
 class DataConfig(Strict):
-    path: list[Path] = Field(
+    path: list[Path | str] = Field(
         default_factory=list,
-        description="dataset folders or CSV manifests; splits are taken from them or made",
+        description="dataset folders or CSV manifests; splits are taken from them or made; or a "
+        "shard dataset (`deepfake-detect shard`) as a local folder or an s3://, gs:// or "
+        "azure:// URI (kept a URI, never made a local path)",
     )
     val_fraction: float = Field(0.15, gt=0, lt=1, description="fraction held out for val")
     test_fraction: float = Field(0.0, ge=0, lt=1, description="fraction held out for test")
@@ -179,6 +211,11 @@ class DataConfig(Strict):
         description="where face crops of videos in dataset folders are kept between runs; "
         "null: <output_dir>/faces-cache/<folder name>-<hash>",
     )
+    shard_cache: Path | None = Field(
+        None,
+        description="where litdata keeps its copy of the chunks of a shard dataset read from "
+        "object storage (data.path s3://...), kept between runs; null: <output_dir>/shard-cache",
+    )
     group_depth: int | None = Field(
         None, ge=0, le=8,
         description="folder levels under a label folder that name a sample's group (manipulation "
@@ -197,7 +234,10 @@ class DataConfig(Strict):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, (str, Path)):
-            return [v]
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            # URIs stay strings (Path would mangle them), everything else becomes a Path
+            return [data_location(p) if isinstance(p, (str, Path)) else p for p in v]
         return v
 
     @model_validator(mode="after")
@@ -270,6 +310,12 @@ class TrainConfig(Strict):
     limit_train_batches: float | int | None = Field(None, description="debug: cap batches")
     limit_val_batches: float | int | None = Field(None, description="debug: cap val batches")
     evaluate_test: bool = Field(True, description="after training, evaluate best on test split")
+    checkpoint_every_n_steps: int | None = Field(
+        None, ge=1,
+        description="also write last.ckpt every N optimizer steps, with the loader's position, so "
+        "that --resume continues mid-epoch without repeating or skipping samples; needs "
+        "data.path to be a shard dataset (`deepfake-detect shard`); null: at epoch ends only",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

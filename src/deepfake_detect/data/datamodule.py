@@ -40,6 +40,7 @@ from deepfake_detect.errors import DataError
 
 if TYPE_CHECKING:
     from deepfake_detect.data.faces.base import FaceDetector
+    from deepfake_detect.data.feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,13 @@ class FaceDataModule(L.LightningDataModule):
         # Set by training for the feature_extractor strategy (deepfake_detect.data.feature_cache).
         self.feature_cache: FeatureCache | None = None
         # data.path names a shard folder (deepfake-detect shard): its loaders stream from it
-        self.shards: Path | None = None
-        self._shard_test: list[Sample] | None = None  # the test split extracted to files
-        self._shard_tmp: Any = None
+        self.shards: Path | str | None = None  # a local folder or an object-store URI
+        self.shard_streams = False  # its loaders stream the splits (else read items by number)
+        self._shard_cache: str | None = None  # litdata's copy of a remote one's chunks
+        self._shard_test: list[Sample] | None = None  # the test split, read from its items
+        self._bad_chunks: dict[str, set[str]] = {}  # split -> unreadable chunk files, left out
+        self._train_loader: Any = None  # the streaming training loader Lightning iterates
+        self._loader_state: dict[str, Any] | None = None  # its position, to resume from
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -150,11 +155,17 @@ class FaceDataModule(L.LightningDataModule):
         log.info("data:\n%s", self.summary())
 
     def _setup_shards(self) -> bool:
-        """Read a shard folder named by ``data.path`` (its splits are those it was written
-        with); False when ``data.path`` is not one."""
-        from deepfake_detect.data.shards import SPLITS, read_index, shard_info
+        """Read a shard dataset named by ``data.path``, a local folder or an object-store URI
+        (its splits are those it was written with); False when ``data.path`` is not one. A URI
+        must name one (only shard datasets are read from object storage)."""
+        from deepfake_detect.data.shard_reader import (
+            SPLITS,
+            read_index,
+            shard_info,
+            skipped_entries,
+        )
 
-        infos = [(Path(p), shard_info(p)) for p in self.data.path]
+        infos = [(p, shard_info(p)) for p in self.data.path]
         shards = [(p, info) for p, info in infos if info is not None]
         if not shards:
             return False
@@ -162,19 +173,92 @@ class FaceDataModule(L.LightningDataModule):
             raise DataError("data.path: a shard folder must be the only data path; shard the "
                             "datasets together with `deepfake-detect shard A B --out DIR`")
         folder, info = shards[0]
-        if self.data.holdout_groups:
-            raise DataError("data.holdout_groups cannot be used with a shard folder yet; train "
-                            "from the dataset folders")
-        if self.data.balance == "sampler":
-            raise DataError("data.balance: sampler cannot be used with a shard folder (it "
-                            "streams); use data.balance: loss_weight")
         self.shards = folder
-        self.skipped = [(d["path"], d["reason"]) for d in info.get("skipped", [])]
-        samples = [s for split in SPLITS for s in read_index(folder, split)]
+        self._shard_cache = self._shard_cache_dir(folder)
+        self.skipped = skipped_entries(info)
+        samples = [s for split in SPLITS
+                   for s in read_index(folder, split, cache_dir=self._shard_cache)]
+        samples = self._leave_out_unreadable_chunks(folder, samples)
+        held: list[Sample] = []
+        if self.data.holdout_groups:  # whole videos out of every split, as with a folder
+            check_holdout_groups(samples, self.data.holdout_groups)
+            samples, held = hold_out(samples, self.data.holdout_groups)
+        # Held-out groups leave holes in the splits as written, and the class-balanced sampler
+        # draws with replacement: neither is a pass over a stored split, so then the items are
+        # read one by one (random access into the chunks) through the folder loaders.
+        self.shard_streams = not (self.data.holdout_groups or self.data.balance == "sampler")
+        if not self.shard_streams:
+            from deepfake_detect.data.shard_reader import resolve_items
+
+            samples, held = resolve_items(samples), resolve_items(held)
         check_splits(samples)
         self._samples = samples
-        log.info("data (shards %s, splits as written):\n%s", folder, self.summary())
+        if self.data.holdout_groups:
+            self._set_heldout(held)
+        how = "streamed" if self.shard_streams else "read item by item"
+        log.info("data (shards %s, splits as written, %s):\n%s", folder, how, self.summary())
         return True
+
+    def _leave_out_unreadable_chunks(self, folder: Path | str, samples: list) -> list:
+        """``samples`` without those stored in chunks that cannot be read (missing, truncated,
+        overwritten; see :func:`~deepfake_detect.data.shard_reader.check_chunks`): each chunk is
+        named in a warning, its samples are counted as skipped files, and the rest trains.
+        Which samples a chunk held is learnt by reading the other items' numbers once, only for
+        a split with such a chunk."""
+        from deepfake_detect.data.shard_reader import (
+            NO_ITEM,
+            SPLITS,
+            check_chunks,
+            child,
+            resolve_items,
+        )
+
+        kept = []
+        for split in SPLITS:
+            part = [s for s in samples if s.split == split]
+            bad = check_chunks(child(folder, split)) if part else []
+            if not bad:
+                kept += part
+                continue
+            self._bad_chunks[split] = {name for name, _, _ in bad}
+            for name, items, reason in bad:
+                log.warning("shard chunk %s/%s is unreadable (%s): its %d samples are left out",
+                            split, name, reason, items)
+            names = ", ".join(f"{split}/{name}" for name, _, _ in bad)
+            for s in resolve_items(part):
+                if s.item == NO_ITEM:
+                    self.skipped.append((str(s.path), f"in an unreadable shard chunk ({names})"))
+                else:
+                    kept.append(s)
+        return kept
+
+    def _shard_cache_dir(self, location: Path | str) -> str | None:
+        """Where litdata keeps its copy of a remote shard dataset's chunks: data.shard_cache,
+        else ``<cache_root>/shard-cache`` (the experiment's output_dir, as for the faces cache),
+        kept between runs; never litdata's default (``~/.lightning/chunks``). A local shard
+        folder is read in place: None."""
+        from deepfake_detect.data.shard_reader import is_remote
+
+        if not is_remote(location):
+            return None
+        if self.data.shard_cache is not None:
+            return str(Path(self.data.shard_cache).expanduser())
+        if self.cache_root is not None:
+            return str(self.cache_root / "shard-cache")
+        raise DataError(
+            f"data.path {location}: a shard dataset in object storage needs a folder for "
+            "litdata's copy of its chunks: set data.shard_cache (or give the experiment's "
+            "output_dir as cache_root)"
+        )
+
+    def _shard_stream_options(self) -> dict[str, Any]:
+        """``StreamingDataset`` options of the shard dataset: for a remote one its cache folder
+        and the storage options (:func:`~deepfake_detect.data.shard_reader.storage_options`)."""
+        if self._shard_cache is None:
+            return {}
+        from deepfake_detect.data.shard_reader import storage_options
+
+        return {"cache_dir": self._shard_cache, "storage_options": storage_options() or None}
 
     def _set_heldout(self, held: list[Sample]) -> None:
         """The held-out set: ``held`` (the held-out groups' videos) plus the reals of the test
@@ -204,23 +288,22 @@ class FaceDataModule(L.LightningDataModule):
             self._require()
             return list(self._heldout)
         if split == "test" and self.shards is not None:
-            return list(self._extracted_test())
+            return list(self._streamed_test())
         return [s for s in self._require() if s.split == split]
 
-    def _extracted_test(self) -> list[Sample]:
-        """The shards' test split written out as files (byte for byte) in a temporary folder
-        kept while this object lives: evaluation reads image files."""
+    def _streamed_test(self) -> list[Sample]:
+        """The shards' test split as samples that read their images from the shards' items
+        (:class:`~deepfake_detect.data.shard_reader.ShardSample`, ``path`` naming the source
+        file), for the final evaluation; their item numbers are looked up once, here, not in
+        each loader worker. The other splits are streamed by the loaders."""
         if self._shard_test is None:
-            import tempfile
+            from deepfake_detect.data.shard_reader import resolve_items
 
-            from deepfake_detect.data.shards import extract_split
-
-            self._shard_tmp = tempfile.TemporaryDirectory(prefix="deepfake-detect-shard-test-")
-            self._shard_test = extract_split(self.shards, "test", self._shard_tmp.name)
+            self._shard_test = resolve_items([s for s in self._require() if s.split == "test"])
         return self._shard_test
 
     def has_split(self, split: str) -> bool:
-        if self.shards is not None and split == "test":  # without extracting it
+        if self.shards is not None and split == "test":  # without looking its items up
             return any(s.split == split for s in self._require())
         return bool(self.samples(split))
 
@@ -287,19 +370,48 @@ class FaceDataModule(L.LightningDataModule):
         split shuffled with ``seed`` and augmented, the others in order and without."""
         from litdata import StreamingDataLoader
 
-        from deepfake_detect.data.shards import ShardDataset
+        from deepfake_detect.data.shard_loading import ResumableStreamingLoader
+        from deepfake_detect.data.shard_reader import ShardDataset, child
 
         augment = self.data.augment if train else None
-        dataset = ShardDataset(self.shards / split, build_transform(self.preprocessing, augment),
-                               shuffle=train, seed=self.seed)
-        n = len(dataset)
-        size = self.data.batch_size
-        if not train:
-            size = self.data.eval_batch_size or size
+        size = self.data.batch_size if train else (self.data.eval_batch_size or self.data.batch_size)
         options = self._loader_options()
         options.pop("persistent_workers")  # litdata restarts its workers per epoch itself
-        return StreamingDataLoader(dataset, batch_size=size, drop_last=train and n > size,
-                                   **options)
+        # Under DDP litdata gives each rank a disjoint part of the split. Training: every rank
+        # the same number of whole batches (a rank with one more step would wait forever for
+        # the others' gradients), so with N items, R ranks and batch B an epoch leaves out
+        # N mod (R*B) items, a different few each epoch as the shuffle changes; none when R*B
+        # divides N. Evaluation has no per-step collective: every item once, ranks may differ
+        # by a batch, and validation gathers and de-duplicates the predictions by index.
+        dataset = ShardDataset(child(self.shards, split),
+                               build_transform(self.preprocessing, augment),
+                               shuffle=train, seed=self.seed,
+                               exclude=self._bad_chunks.get(split, ()),
+                               **self._shard_stream_options())
+        # the loader's drop_last is also the dataset's (litdata passes it on); one process: the
+        # folder loader's rule (training drops a last partial batch)
+        drop = train and (dataset.distributed_env.world_size > 1 or len(dataset) > size)
+        loader_cls = ResumableStreamingLoader if train else StreamingDataLoader
+        loader = loader_cls(dataset, batch_size=size, drop_last=drop, **options)
+        if train:
+            if self._loader_state is not None:  # resuming: continue where the checkpoint was
+                loader.load_state_dict(self._loader_state)
+                self._loader_state = None
+            self._train_loader = loader
+        return loader
+
+    # -- checkpoints: the streaming training loader's position -------------------------------
+    # Lightning stores a stateful loader's state in the fit loop too, but restores it only when
+    # the loader is made after the checkpoint is loaded; the learning-rate schedule's step count
+    # (Trainer.estimated_stepping_batches) makes it earlier. The datamodule's own state is
+    # restored before that, so the position travels here and is applied as the loader is made.
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_loader is None:
+            return {}
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loader_state = state_dict.get("train_loader")
 
     def train_dataloader(self) -> DataLoader:
         train = self.samples("train")
@@ -309,7 +421,7 @@ class FaceDataModule(L.LightningDataModule):
             return self.feature_cache.loader(
                 "train", [s.label for s in train], batch, sampler, drop_last=len(train) > batch
             )
-        if self.shards is not None:
+        if self.shards is not None and self.shard_streams:
             return self.shard_loader("train", train=True)
         sampler = self.train_sampler(train)
         dataset = FaceImageDataset(train, build_transform(self.preprocessing, self.data.augment))
@@ -331,13 +443,13 @@ class FaceDataModule(L.LightningDataModule):
         if self.feature_cache is not None and self.feature_cache.complete("val"):
             size = self.data.eval_batch_size or self.data.batch_size
             return self.feature_cache.loader("val", [s.label for s in val], size)
-        if self.shards is not None:
+        if self.shards is not None and self.shard_streams:
             return self.shard_loader("val")
         return self.eval_dataloader(val)
 
     def test_dataloader(self) -> DataLoader | list:
         """The test loader, or an empty list when there is no test split."""
-        if self.shards is not None:
+        if self.shards is not None and self.shard_streams:
             return self.shard_loader("test") if self.has_split("test") else []
         test = self.samples("test")
         return self.eval_dataloader(test) if test else []

@@ -46,7 +46,10 @@ class FaceImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
-            image = load_rgb(sample.path)
+            # a shard sample (deepfake_detect.data.shard_reader.ShardSample) reads its image
+            # from its litdata item; duck-typed so that this module needs no litdata import
+            read = getattr(sample, "read_image", None)
+            image = read() if read is not None else load_rgb(sample.path)
         except ImageLoadError as e:
             return {"error": e.reason, "path": str(sample.path), "index": index}
         if self.views is None:

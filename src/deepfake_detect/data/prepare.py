@@ -16,11 +16,15 @@ same part twice is refused), and writes ``manifest.part-<i>-of-<n>.csv`` and
 ``prepare.part-<i>-of-<n>.json``, never ``manifest.csv``. :func:`merge_parts` then checks that all
 ``n`` parts are there and complete and writes ``manifest.csv`` and ``prepare.json`` as one whole
 run would have.
+
+``shards=ShardOptions(dir, ...)`` (``prepare --shards DIR``, ``prepare-merge --shards DIR``): once
+the whole output is written, it is packed into litdata shards in ``dir`` by
+:func:`~deepfake_detect.data.shards.write_shards`, still under the folder's lock; a part run
+refuses it (a part is not the whole dataset).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -33,6 +37,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepfake_detect import __version__
 from deepfake_detect.config.schema import PrepareConfig
@@ -50,12 +55,16 @@ from deepfake_detect.data.pool import worker_pool
 from deepfake_detect.data.video import VideoError
 from deepfake_detect.errors import DataError, OutputError
 from deepfake_detect.outputs import (
+    PartLock,
     RunLock,
     atomic_write,
     claim_folder,
     inside,
     safe_relpath,
 )
+
+if TYPE_CHECKING:  # shards pull in litdata: imported where they are written
+    from deepfake_detect.data.shards import ShardOptions, ShardReport
 
 MANIFEST = "manifest.csv"
 SETTINGS = "prepare.json"
@@ -108,6 +117,7 @@ class PrepareReport:
     problems: list[tuple[str, str]] = field(default_factory=list)  # inputs left out
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shards: ShardReport | None = None  # with ``shards=``: the shards written from the output
 
     def table(self) -> list[tuple[str, str]]:
         rows = [
@@ -123,6 +133,9 @@ class PrepareReport:
         rows += [(f"failure: {reason}", str(n)) for reason, n in sorted(self.failures.items())]
         rows.append(("time", f"{self.seconds:.1f} s"))
         return rows
+
+
+_NOT_SUMMARY = ("out", "manifest", "shards")  # report fields that prepare.json's summary leaves out
 
 
 def _fingerprint(config: PrepareConfig) -> str:
@@ -406,6 +419,7 @@ def prepare(
     detector: FaceDetector | None = None,
     force: bool = False,
     part: tuple[int, int] | None = None,
+    shards: ShardOptions | None = None,
 ) -> PrepareReport:
     """Detect, crop and save the faces of every video and photo in ``inputs`` below ``out``.
 
@@ -417,9 +431,14 @@ def prepare(
     detection batches (the crops do not depend on either).
 
     ``part=(i, n)``: only the ``i``-th of ``n`` parts of the work (see the module's notes and
-    :func:`merge_parts`)."""
+    :func:`merge_parts`).
+
+    ``shards``: when the run is done, also pack ``out`` into litdata shards (as ``shard out``
+    would, see :class:`~deepfake_detect.data.shards.ShardOptions`); not with ``part`` (a part
+    is not the whole dataset: ``merge_parts(out, shards=...)`` does it then)."""
     started = time.perf_counter()
     part = check_part(part)
+    _check_shards_with_part(shards, part)
     if workers < 0:
         raise DataError(f"workers must be >= 1 (got {workers}; 0 and 1 both work in this process)")
     if videos_at_once < 1:
@@ -437,7 +456,7 @@ def prepare(
     report = prepare_items(
         items, out, config, inputs=inputs, problems=scan.problems, workers=workers,
         videos_at_once=videos_at_once, progress=progress, detector=detector, started=started, force=force,
-        part=part,
+        part=part, shards=shards,
     )
     if own:
         report.notes.append(f"{len(own)} files inside --out {out} were left out (outputs of prepare)")
@@ -460,24 +479,39 @@ def prepare_items(
     wait: bool = False,
     force: bool = False,
     part: tuple[int, int] | None = None,
+    shards: ShardOptions | None = None,
 ) -> PrepareReport:
     """:func:`prepare` for media already found (``items`` with their labels, splits and video
     ids); ``inputs`` and ``problems`` are only recorded in ``prepare.json`` and the report.
 
     ``out`` is locked while this runs; another run into it is refused, or with ``wait`` (a
     dataset's crop cache shared by the ranks of a distributed run) waited for. ``force``: see
-    :func:`deepfake_detect.outputs.claim_folder`. ``part``: see :func:`prepare`."""
+    :func:`deepfake_detect.outputs.claim_folder`. ``part``, ``shards``: see :func:`prepare`."""
     config = config or PrepareConfig()
     part = check_part(part)
+    _check_shards_with_part(shards, part)
     if detector is None:
         check_detect_config(config.detect)
     out = claim_folder(out, "prepare", force=force)
-    locked = RunLock(out, "prepare").acquire(wait=wait) if part is None else _PartLock(out, part).acquire()
+    if shards is not None:  # a bad --shards is refused before the work, not after hours of it
+        shards.claim([*inputs, out])
+    locked = (RunLock(out, "prepare").acquire(wait=wait) if part is None else
+              PartLock(out, part, folder=out / PARTS / f"part-{part[0]}-of-{part[1]}").acquire())
     try:
-        return _prepare_locked(items, out, config, inputs, problems, (workers, videos_at_once),
-                               progress, detector, description, started, part)
+        report = _prepare_locked(items, out, config, inputs, problems, (workers, videos_at_once),
+                                 progress, detector, description, started, part)
+        if shards is not None:  # under the lock: no other run changes the crops meanwhile
+            report.shards = shards.write(out)
+        return report
     finally:
         locked.release()
+
+
+def _check_shards_with_part(shards: ShardOptions | None, part: tuple[int, int] | None) -> None:
+    if shards is not None and part is not None:
+        raise DataError(f"--shards with --part {part[0]}/{part[1]}: a part is not the whole dataset; "
+                        "run the parts without --shards and give it to the merge: "
+                        f"deepfake-detect prepare-merge OUT --shards {shards.out}")
 
 
 def _prepare_locked(
@@ -544,7 +578,7 @@ def _prepare_locked(
             "inputs": given,
             "units": [u.key for u in every],  # all parts' units, in input order
             "rows": [[u.key, len(results[u.key].rows)] for u in units],  # this part's, in order
-            "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+            "summary": {k: v for k, v in asdict(report).items() if k not in _NOT_SUMMARY},
             **environment(),
             "version": __version__,
             "tool_command": "prepare",
@@ -554,7 +588,7 @@ def _prepare_locked(
     atomic_write(out / SETTINGS, json.dumps({
         "prepare": config.model_dump(mode="json"),
         "inputs": [*(p for p in before.get("inputs", []) if p not in given), *given],
-        "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+        "summary": {k: v for k, v in asdict(report).items() if k not in _NOT_SUMMARY},
         **environment(),
         "version": __version__,
         "tool_command": "prepare",
@@ -691,62 +725,28 @@ def _part_file(stem: str, part: tuple[int, int], suffix: str) -> str:
     return f"{stem}.part-{part[0]}-of-{part[1]}.{suffix}"
 
 
-class _PartLock:
-    """The locks of a part run: the folder's lock held *shared* (parts run side by side; a
-    whole run or a merge, which hold it exclusively, are refused meanwhile, and refuse it) and
-    ``.parts/part-<i>-of-<n>/.deepfake-detect.lock`` exclusively (:class:`RunLock`: the same
-    part twice is refused). OS locks: the kernel drops them when the process dies (NFS: Linux
-    maps them onto the server's byte-range locks)."""
-
-    def __init__(self, out: Path, part: tuple[int, int]):
-        self.out, self.part = out, part
-        self._shared: RunLock | None = None
-        self._own: RunLock | None = None
-
-    def acquire(self) -> _PartLock:
-        i, n = self.part
-        # a folder's first run marks it as prepare's (the lock file names the command)
-        with contextlib.suppress(OutputError):
-            RunLock(self.out, "prepare").acquire().release()
-        try:
-            self._shared = RunLock(self.out, f"prepare --part {i}/{n}").acquire(shared=True)
-        except OutputError as exc:
-            raise OutputError(f"{exc} (a whole-folder run: run --part {i}/{n} after it)") from None
-        folder = self.out / PARTS / f"part-{i}-of-{n}"
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self._own = RunLock(folder, f"prepare --part {i}/{n}").acquire()
-        except OutputError as exc:
-            self.release()
-            raise OutputError(f"part {i}/{n} of {self.out} is being prepared by another run "
-                              f"({exc}); run each part once at a time") from None
-        return self
-
-    def release(self) -> None:
-        for lock in (self._own, self._shared):
-            if lock is not None:
-                lock.release()
-        self._own = self._shared = None
-
-    def __enter__(self) -> _PartLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
-def merge_parts(out: str | Path) -> PrepareReport:
+def merge_parts(out: str | Path, shards: ShardOptions | None = None) -> PrepareReport:
     """Join the parts that ``prepare --part i/n`` runs wrote into ``out``: check that all ``n``
     are there, of the same inputs and settings, and complete, then write ``manifest.csv`` (rows
     in the order one whole run writes them) and ``prepare.json``, under the folder's lock. The
     part manifests and summaries are removed afterwards (the units' part files stay, so a part
-    rerun later reuses them)."""
+    rerun later reuses them). ``shards``: then pack the merged output into litdata shards too
+    (see :func:`prepare`)."""
     out = Path(out)
     if not out.is_dir():
         raise DataError(f"{out} is not a folder; give the --out of the prepare --part runs")
     out = claim_folder(out, "prepare")
+    if shards is not None:  # checked before the merge, against the parts' inputs too
+        given = {p for path in out.glob("prepare.part-*-of-*.json")
+                 for p in (_read_part(path) or {}).get("inputs", [])}
+        shards.claim([*sorted(given), out])
     with RunLock(out, "prepare"):  # refused while a part runs (it holds the lock shared)
-        return _merge_locked(out)
+        report = _merge_locked(out)
+        if shards is not None:
+            report.shards = shards.write(out)
+        return report
 
 
 def _merge_locked(out: Path) -> PrepareReport:
@@ -841,7 +841,7 @@ def _merge_locked(out: Path) -> PrepareReport:
     atomic_write(out / SETTINGS, json.dumps({
         "prepare": first["prepare"],
         "inputs": [*(p for p in before.get("inputs", []) if p not in given), *given],
-        "summary": {k: v for k, v in asdict(report).items() if k not in ("out", "manifest")},
+        "summary": {k: v for k, v in asdict(report).items() if k not in _NOT_SUMMARY},
         "merged_parts": n,
         **environment(),
         "version": __version__,

@@ -50,9 +50,10 @@ _PLAIN_STEMS = {"model", "best", "last", "checkpoint", "pytorch_model", "weights
 
 @dataclass
 class Entry:
-    """A named input of the benchmark: a checkpoint (or ensemble file) or a dataset."""
+    """A named input of the benchmark: a checkpoint (or ensemble file) or a dataset (a
+    dataset may be a shard dataset's object-store URI, kept a string)."""
 
-    path: Path
+    path: Path | str
     name: str = ""
     config: Path | None = None  # a checkpoint's model YAML (foreign checkpoints)
 
@@ -124,12 +125,14 @@ def name_entries(paths: Sequence[str | Path | dict | Entry], what: str) -> list[
             if unknown or "path" not in item:
                 raise ConfigError(f"benchmark: a {what} entry takes path, name and config keys "
                                   f"(got {', '.join(sorted(item))})")
-            entry = Entry(Path(item["path"]), str(item.get("name") or ""),
+            entry = Entry(_entry_path(item["path"], what), str(item.get("name") or ""),
                           Path(item["config"]) if item.get("config") else None)
         else:
-            entry = Entry(Path(item))
+            entry = Entry(_entry_path(item, what))
         if not entry.name:
-            p = entry.path
+            # a URI (s3://bucket/shards) is named by its last part, as a folder is
+            p = Path(entry.path.rstrip("/").rsplit("/", 1)[-1]) if isinstance(entry.path, str) \
+                else entry.path
             stem = p.stem if p.suffix else p.name
             entry.name = p.parent.name if stem.lower() in _PLAIN_STEMS and p.parent.name else stem
         entry.name = safe_name(entry.name, fallback=what)
@@ -143,42 +146,62 @@ def name_entries(paths: Sequence[str | Path | dict | Entry], what: str) -> list[
     return entries
 
 
+def _entry_path(value: str | Path, what: str) -> Path | str:
+    """A dataset stays a URI string when it is one (Path would mangle s3://; the command line
+    hands it over as s3:/...); everything else is a Path."""
+    if what != "dataset":
+        return Path(value)
+    from deepfake_detect.config.schema import data_location
+
+    try:
+        return data_location(value)
+    except ValueError as exc:
+        raise ConfigError(f"benchmark: --data {exc}") from None
+
+
 def benchmark(request: BenchmarkRequest) -> Benchmark:
     """Evaluate every checkpoint of ``request`` on every dataset, one checkpoint loaded at a
     time, and write the matrix (see the module's description). The output folder is claimed
     and locked as ``evaluate``'s is; each cell is an ``evaluate`` folder below it
-    (``cells/<checkpoint>/``, one sub-folder per dataset)."""
-    from deepfake_detect.evaluation.evaluate import evaluate
+    (``cells/<checkpoint>/``, one sub-folder per dataset). A shard dataset in object storage
+    is fetched once into ``shard-cache/`` for all checkpoints, removed at the end."""
+    from deepfake_detect.evaluation.evaluate import drop_shard_cache, evaluate
     from deepfake_detect.runinfo import create_run_dir, write_run_info
 
     request.check()
     out_dir = request.out_dir or create_run_dir("runs", "benchmark")
     inputs = [p for e in request.checkpoints for p in ModelSource(e.path, e.config).inputs]
-    inputs += [e.path for e in request.data]
+    inputs += [e.path for e in request.data if isinstance(e.path, Path)]  # URIs: not local
     with owned_folder(out_dir, "benchmark", inputs=inputs, force=request.force):
-        write_run_info(
-            out_dir, None, checkpoint=[str(e.path) for e in request.checkpoints],
-            data=[str(e.path) for e in request.data], split=request.split,
-            perturb=list(request.perturb), bootstrap=request.bootstrap, seed=request.seed,
-            tool_command="benchmark",
-        )
-        cells: dict[tuple[str, str], dict[str, Any]] = {}
-        folders: dict[tuple[str, str], Path] = {}
-        for ckpt in request.checkpoints:
-            cell_root = inside(out_dir, Path("cells") / ckpt.name)
-            cell = request.cell_request(ckpt, cell_root)
-            cell.faces_cache = inside(out_dir, "faces-cache")  # shared by the checkpoints
-            evaluation = evaluate(cell)
-            for data in request.data:
-                cells[(ckpt.name, data.name)] = evaluation.results[data.name]
-                folders[(ckpt.name, data.name)] = cell_root / data.name
-        names = [c.name for c in request.checkpoints]
-        datasets = [d.name for d in request.data]
-        comparisons = _compare_pairs(names, datasets, folders, request.bootstrap, request.seed)
-        _write_matrix(out_dir, names, datasets, cells, comparisons)
-        if request.perturb:
-            _robustness_curves(out_dir, names, datasets, folders)
-        return Benchmark(cells, comparisons, out_dir)
+        shard_cache = inside(out_dir, "shard-cache")
+        try:
+            write_run_info(
+                out_dir, None, checkpoint=[str(e.path) for e in request.checkpoints],
+                data=[str(e.path) for e in request.data], split=request.split,
+                perturb=list(request.perturb), bootstrap=request.bootstrap, seed=request.seed,
+                tool_command="benchmark",
+            )
+            cells: dict[tuple[str, str], dict[str, Any]] = {}
+            folders: dict[tuple[str, str], Path] = {}
+            for ckpt in request.checkpoints:
+                cell_root = inside(out_dir, Path("cells") / ckpt.name)
+                cell = request.cell_request(ckpt, cell_root)
+                cell.faces_cache = inside(out_dir, "faces-cache")  # shared by the checkpoints
+                cell.shard_cache = shard_cache  # so is litdata's copy of remote shard chunks
+                evaluation = evaluate(cell)
+                for data in request.data:
+                    cells[(ckpt.name, data.name)] = evaluation.results[data.name]
+                    folders[(ckpt.name, data.name)] = cell_root / data.name
+            names = [c.name for c in request.checkpoints]
+            datasets = [d.name for d in request.data]
+            comparisons = _compare_pairs(names, datasets, folders, request.bootstrap,
+                                         request.seed)
+            _write_matrix(out_dir, names, datasets, cells, comparisons)
+            if request.perturb:
+                _robustness_curves(out_dir, names, datasets, folders)
+            return Benchmark(cells, comparisons, out_dir)
+        finally:  # ours, made in this output folder for this run
+            drop_shard_cache(shard_cache)
 
 
 # -- the matrix -------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from deepfake_detect.inference.options import ScoringOptions
 from deepfake_detect.inference.predictor import Predictor, as_predictor
 from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
+
+log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("auto", "test", "val", "train", "all")
 CI_LEVEL = 0.95
@@ -102,6 +106,10 @@ def evaluate_samples(
                                  tta=tta, mc_dropout=mc_dropout, progress=progress)
     predictor = as_predictor(detector)
     predictor.check(options)
+    if predictor.input_kind == "clips" and any(hasattr(s, "read_image") for s in samples):
+        raise DataError(f"{name or out_dir}: a sequence detector reads clips of frame files and "
+                        "cannot score a shard dataset yet; evaluate the dataset folder instead")
+    samples = _resolved(samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     if predictor.input_kind == "clips":
         return _evaluate_videos(
@@ -186,6 +194,17 @@ def evaluate_samples(
             [s.video for s in kept], error_examples, name, video_scores=(vlabels, vscores),
         )
     return metrics
+
+
+def _resolved(samples: Sequence[Sample]) -> Sequence[Sample]:
+    """``samples`` with the items of shard samples looked up once, in this process, before the
+    loader's workers read them (:func:`~deepfake_detect.data.shard_reader.resolve_items`);
+    others as they are. Duck-typed, so that litdata is imported only for shard samples."""
+    if not any(getattr(s, "item", 0) < 0 for s in samples):
+        return samples
+    from deepfake_detect.data.shard_reader import resolve_items
+
+    return resolve_items(samples)
 
 
 def _evaluate_videos(
@@ -465,6 +484,13 @@ class EvaluateRequest:
     ``names``: the datasets' folder names (default: from their paths); ``faces_cache``: where
     face crops of videos are kept, one sub-folder per set of face settings (a benchmark shares
     it between checkpoints; None: the training run's cache or the output folder's).
+
+    A dataset may be a shard dataset (``deepfake-detect shard``): a local folder or an
+    object-store URI (``s3://bucket/shards``; only shard datasets are read from object
+    storage). Its samples are those of its ``samples.csv`` files, their images read from its
+    litdata items as they are scored, never extracted to files. ``shard_cache``: where litdata
+    keeps its copy of a remote one's chunks (a benchmark shares it between checkpoints; None:
+    ``<out_dir>/shard-cache``, removed when the evaluation ends).
     """
 
     model: ModelSource
@@ -482,6 +508,7 @@ class EvaluateRequest:
     group_depth: int | None = None
     names: Sequence[str] | None = None
     faces_cache: Path | None = None
+    shard_cache: Path | None = None
 
     def check(self) -> None:
         """Refuse bad options before any model is loaded or file read."""
@@ -523,13 +550,13 @@ def evaluate(request: EvaluateRequest) -> Evaluation:
     inputs (a non-empty folder this tool did not write only with ``force``); it is locked
     while the evaluation runs.
     """
-    from deepfake_detect.data.dataset_videos import gather_samples
-    from deepfake_detect.data.sources import log_discovery
+    from deepfake_detect.data.shard_reader import as_location
     from deepfake_detect.runinfo import create_run_dir, write_run_info
 
     request.check()
     out_dir = request.out_dir or create_run_dir("runs", "evaluate")
-    data, split = list(request.data), request.split
+    # a URI stays a string (typed as a path on the command line, it arrives as s3:/b/x)
+    data, split = [as_location(d, "--data") for d in request.data], request.split
     predictor = request.model.load()
     # --tta / --mc-dropout: a bad spec or a detector without dropout fails before any work.
     # Without --tta, the views the recipe evaluates with (eval.tta).
@@ -538,60 +565,126 @@ def evaluate(request: EvaluateRequest) -> Evaluation:
     threshold = predictor.threshold if request.threshold is None else request.threshold
     origin = threshold_origin(predictor, request.threshold)
     aggregation = request.video_aggregation or predictor.default_aggregation
-    inputs = [*request.model.inputs, *data]
+    # object-store URIs are no local input that the output could overwrite
+    inputs = [*request.model.inputs, *(d for d in data if isinstance(d, Path))]
     # claimed before anything is written: new, empty, or an earlier evaluate's; never an input
     with owned_folder(out_dir, "evaluate", inputs=inputs, force=request.force):
-        config, checkpoint = predictor.run_record()
-        write_run_info(
-            out_dir, config, checkpoint=checkpoint, data=[str(d) for d in data], split=split,
-            threshold=threshold, video_aggregation=aggregation, tool_command="evaluate",
-        )
-        results: dict[str, dict[str, Any]] = {}
-        meta = predictor.meta
-        settings = predictor.prepare_settings()
-        if request.faces_cache is not None:  # shared: one folder per set of face settings
-            faces_cache, cache_root = inside(request.faces_cache, settings_key(settings)), out_dir
-        else:
-            faces_cache, cache_root = _faces_cache(meta.experiment if meta else {}, out_dir)
-        for k, path in enumerate(data):
-            # videos in dataset folders: face crops cut the way the model was trained, cached
-            gathered = gather_samples(
-                [path], prepare=settings, faces_cache=faces_cache,
-                cache_root=cache_root, progress=options.progress, group_depth=request.group_depth,
+        shard_cache = request.shard_cache or inside(out_dir, "shard-cache")
+        try:
+            config, checkpoint = predictor.run_record()
+            write_run_info(
+                out_dir, config, checkpoint=checkpoint, data=[str(d) for d in data],
+                split=split, threshold=threshold, video_aggregation=aggregation,
+                tool_command="evaluate",
             )
-            log_discovery(gathered.found)
-            samples = gathered.samples
-            if request.names is not None:
-                name = safe_name(request.names[k], fallback="data")
+            results: dict[str, dict[str, Any]] = {}
+            meta = predictor.meta
+            settings = predictor.prepare_settings()
+            if request.faces_cache is not None:  # shared: one folder per set of face settings
+                faces_cache = inside(request.faces_cache, settings_key(settings))
+                cache_root = out_dir
             else:
-                name = safe_name(samples[0].dataset if samples else Path(path).stem, fallback="data")
-            if name in results:
-                name = f"{name}_{len(results)}"
-            chosen = select_split(samples, split, name)
-            # videos of the chosen split(s) that gave no face crop count as skipped inputs
-            splits = {s.split for s in chosen}
-            video_split = {str(v.path): v.split for v in gathered.found.videos}
-            left_out = [
-                (p, r) for p, r in gathered.skipped
-                if p in video_split and (split == "all" or video_split[p] in splits)
-            ]
-            folder = inside(out_dir, name)
-            results[name] = evaluate_samples(
-                predictor, chosen, folder, threshold=threshold,
-                video_aggregation=aggregation, plots=request.plots, name=name,
-                left_out=left_out, options=options, bootstrap=request.bootstrap,
-                seed=request.seed, threshold_origin=origin, data_path=str(path),
-            )
-            if request.perturb:  # after the clean evaluation, whose scores are severity 0
-                sweep = robustness_sweep(
-                    predictor, chosen, parse_perturbations(request.perturb), folder,
-                    threshold, aggregation, options, name=name, bootstrap=request.bootstrap,
-                    seed=request.seed,
+                faces_cache, cache_root = _faces_cache(meta.experiment if meta else {}, out_dir)
+            for k, path in enumerate(data):
+                found = _dataset_samples(path, request, settings, faces_cache, cache_root,
+                                         shard_cache, options.progress)
+                samples = found.samples
+                if request.names is not None:
+                    name = safe_name(request.names[k], fallback="data")
+                else:
+                    stem = samples[0].dataset if samples else Path(str(path)).stem
+                    name = safe_name(stem, fallback="data")
+                if name in results:
+                    name = f"{name}_{len(results)}"
+                chosen = select_split(samples, split, name)
+                left_out = found.left_out(chosen, split)
+                chosen = _resolved(chosen)  # shard samples: their items looked up once
+                folder = inside(out_dir, name)
+                results[name] = evaluate_samples(
+                    predictor, chosen, folder, threshold=threshold,
+                    video_aggregation=aggregation, plots=request.plots, name=name,
+                    left_out=left_out, options=options, bootstrap=request.bootstrap,
+                    seed=request.seed, threshold_origin=origin, data_path=str(path),
                 )
-                results[name]["robustness"] = {"rows": sweep["rows"], "dir": str(sweep["dir"])}
-        summary = {name: _summary(m) for name, m in results.items()}
-        atomic_write(out_dir / "summary.json", json.dumps(metrics_to_json(summary), indent=2))
-        return Evaluation(results, out_dir)
+                if request.perturb:  # after the clean evaluation, whose scores are severity 0
+                    sweep = robustness_sweep(
+                        predictor, chosen, parse_perturbations(request.perturb), folder,
+                        threshold, aggregation, options, name=name,
+                        bootstrap=request.bootstrap, seed=request.seed,
+                    )
+                    results[name]["robustness"] = {"rows": sweep["rows"],
+                                                   "dir": str(sweep["dir"])}
+            summary = {name: _summary(m) for name, m in results.items()}
+            atomic_write(out_dir / "summary.json", json.dumps(metrics_to_json(summary), indent=2))
+            return Evaluation(results, out_dir)
+        finally:
+            if request.shard_cache is None:  # ours, made in this output folder for this run
+                drop_shard_cache(shard_cache)
+
+
+@dataclass
+class _Found:
+    """The samples of one evaluated dataset, and what of it never became a sample: videos
+    without a face crop (a dataset folder) or files left out when it was sharded."""
+
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    video_split: dict[str, str | None] | None = None  # video file -> its split (folders)
+    shard_info: dict[str, Any] | None = None  # shards.json (shard datasets)
+
+    def left_out(self, chosen: Sequence[Sample], split: str) -> list[tuple[str, str]]:
+        """The inputs of the chosen split(s) (``--split``: ``split``) that never became
+        samples: skipped, counted with the files that could not be read."""
+        splits = {s.split for s in chosen}
+        if self.shard_info is not None:
+            from deepfake_detect.data.shard_reader import skipped_entries
+
+            # files found unreadable when sharded count as unreadable files of a folder do
+            return skipped_entries(self.shard_info, None if split == "all" else splits)
+        # videos of the chosen split(s) that gave no face crop
+        video_split = self.video_split or {}
+        return [(p, r) for p, r in self.skipped
+                if p in video_split and (split == "all" or video_split[p] in splits)]
+
+
+def _dataset_samples(path: Path | str, request: EvaluateRequest, settings: Any,
+                     faces_cache: Path | None, cache_root: Path, shard_cache: Path,
+                     progress: bool) -> _Found:
+    """The samples of one ``--data`` entry. A shard dataset (a local folder or a URI, which
+    must be one): those of its sample index, read from its items when scored; else those of
+    a dataset folder or CSV, videos cut into face crops the way the model was trained
+    (cached)."""
+    from deepfake_detect.data.dataset_videos import gather_samples
+    from deepfake_detect.data.shard_reader import SPLITS, is_remote, read_index, shard_info
+    from deepfake_detect.data.sources import log_discovery
+
+    info = shard_info(path, what="--data")
+    if info is not None:
+        cache = shard_cache if is_remote(path) else None  # a local folder is read in place
+        samples: list[Sample] = [
+            s for part in SPLITS for s in read_index(path, part, cache_dir=cache, what="--data")
+        ]
+        per = {part: sum(s.split == part for s in samples) for part in SPLITS}
+        log.info("shard dataset %s: %s images (%s)", path, len(samples),
+                 ", ".join(f"{n} {part}" for part, n in per.items() if n))
+        return _Found(samples, shard_info=info)
+    gathered = gather_samples(
+        [path], prepare=settings, faces_cache=faces_cache, cache_root=cache_root,
+        progress=progress, group_depth=request.group_depth,
+    )
+    log_discovery(gathered.found)
+    return _Found(gathered.samples, list(gathered.skipped),
+                  video_split={str(v.path): v.split for v in gathered.found.videos})
+
+
+def drop_shard_cache(folder: Path) -> None:
+    """Remove a shard cache this tool made (litdata's copy of remote chunks), first closing
+    this process's readers of it."""
+    from deepfake_detect.data.shard_reader import forget_cache
+
+    if folder.exists():
+        forget_cache(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _SUMMARY_CI = ("auc", "eer", "ap", "acc")

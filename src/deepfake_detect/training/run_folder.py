@@ -31,7 +31,8 @@ CHECKPOINT_NAMES = ("last.ckpt", "best.ckpt")
 # Keys that may differ between a run and its resume: they do not change what the model learns
 # from the steps already taken, only how long training goes on and how it is shown.
 RESUMABLE_KEYS = (
-    "train.epochs", "train.early_stopping_patience", "train.evaluate_test", "data.num_workers",
+    "train.epochs", "train.early_stopping_patience", "train.evaluate_test",
+    "train.checkpoint_every_n_steps", "data.num_workers",
     "data.eval_batch_size", "log.progress", "log.every_n_steps", "eval.plots", "output_dir",
     "name",
 )
@@ -98,12 +99,31 @@ class RunFolder:
             self.lock.release()
 
 
-def open_run_folder(out: Path | None, resume: bool | str | Path) -> RunFolder:
-    """Claim and lock the run folder ``out`` (or the one named by ``resume``) for ``train``."""
+def _target(out: Path | None, resume: bool | str | Path) -> Path | None:
+    """The run folder: ``out``, or the one named by ``resume`` (a folder or a checkpoint in it)."""
     if resume and not isinstance(resume, bool):
         given = Path(resume)
-        out = given.parent.parent if given.is_file() and given.parent.name == CHECKPOINTS else (
+        return given.parent.parent if given.is_file() and given.parent.name == CHECKPOINTS else (
             given.parent if given.is_file() else given)
+    return out
+
+
+def join_run_folder(out: Path | None, resume: bool | str | Path) -> RunFolder:
+    """The run folder of a distributed launch as a process other than the first sees it: the
+    first claims and locks it; the others (on this machine or another one sharing the folder)
+    only read from it and write nothing there themselves (Lightning writes from rank 0)."""
+    out = _target(out, resume)
+    if out is None:
+        raise ConfigError(
+            "a distributed launch needs the run folder on every process: pass the same --out "
+            "RUN_DIR (on a folder all machines share) to the command on every node"
+        )
+    return RunFolder(out, newest_checkpoint(out)[0] if resume else None, None)
+
+
+def open_run_folder(out: Path | None, resume: bool | str | Path) -> RunFolder:
+    """Claim and lock the run folder ``out`` (or the one named by ``resume``) for ``train``."""
+    out = _target(out, resume)
     assert out is not None, "a run folder or a folder to resume is needed"
     if resume and not (out / "config.yaml").is_file():
         raise ConfigError(

@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     RichProgressBar,
 )
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from deepfake_detect.config.schema import ExperimentConfig
 from deepfake_detect.data.clip_datamodule import ClipDataModule
@@ -43,7 +42,7 @@ from deepfake_detect.training.run_folder import (
     RunFolder,
     check_resume_config,
     flatten,
-    newest_checkpoint,
+    join_run_folder,
     open_run_folder,
 )
 
@@ -96,6 +95,33 @@ def _loggers(config: ExperimentConfig, run_dir: Path) -> list:
     return loggers
 
 
+def launched_first() -> bool:
+    """Whether this process is the first (or only) one of its launch, read from the launchers'
+    variables (torchrun: RANK; SLURM: SLURM_PROCID; Lightning: NODE_RANK and LOCAL_RANK). Lightning
+    sets the process's rank only inside ``fit``, after the run folder has been chosen."""
+    keys = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+    return all(os.environ.get(key, "0") in ("", "0") for key in keys)
+
+
+def _step_checkpoint(run_dir: Path, every: int, datamodule: Any) -> ModelCheckpoint:
+    """``last.ckpt`` every ``every`` steps as well. Only a streaming loader saves its position
+    in the checkpoint (litdata's StreamingDataLoader is stateful); a sampler-driven loader (a
+    folder's) would restart its epoch order on resume and repeat some samples while skipping
+    others, so it is refused."""
+    if not getattr(datamodule, "shard_streams", False):
+        raise ConfigError(
+            "train.checkpoint_every_n_steps needs data.path to be a shard dataset that streams "
+            "(without data.holdout_groups or data.balance: sampler): only its loader can resume "
+            "mid-epoch. Write one with `deepfake-detect shard DATA --out SHARDS` and train with "
+            "data.path=SHARDS, or leave the key unset (epoch-end checkpoints)"
+        )
+    # The same file as the epoch-end callback: --resume takes whichever has more steps.
+    return ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, monitor=None,
+        every_n_train_steps=every, enable_version_counter=False,
+    )
+
+
 def train(
     config: ExperimentConfig,
     out: str | Path | None = None,
@@ -111,11 +137,13 @@ def train(
     """
     started = time.time()
     model_cfg = validate_model_config(config.model)
-    # Processes started by a distributed launch re-run this function: they join rank 0's folder,
-    # which rank 0 holds locked.
-    if os.environ.get("LOCAL_RANK", "0") != "0" and RUN_DIR_ENV in os.environ:
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-        folder = RunFolder(run_dir, newest_checkpoint(run_dir)[0] if resume else None, None)
+    # Every process of a distributed launch runs this function. The first claims and locks the
+    # run folder; the others join it: those Lightning starts on this machine find it in the
+    # environment, those of torchrun, SLURM or other nodes by the --out they were given.
+    lead = launched_first()
+    if not lead:
+        given = os.environ.get(RUN_DIR_ENV) or out
+        folder = join_run_folder(Path(given) if given else None, resume)
     else:
         if out is None and resume and isinstance(resume, bool):
             raise ConfigError("--resume needs the run folder: pass --out RUN_DIR (or --resume RUN_DIR)")
@@ -124,7 +152,7 @@ def train(
             target = create_run_dir(config.output_dir, config.name)
         folder = open_run_folder(target, resume)
     try:
-        return _train(config, model_cfg, folder, callbacks, progress, started)
+        return _train(config, model_cfg, folder, callbacks, progress, started, lead)
     finally:
         folder.release()
 
@@ -136,6 +164,7 @@ def _train(
     callbacks: list[Callback] | None,
     progress: bool | None,
     started: float,
+    lead: bool,
 ) -> TrainResult:
     run_dir, last_ckpt = folder.path, folder.checkpoint
     resumed = last_ckpt is not None
@@ -160,7 +189,7 @@ def _train(
         changes = check_resume_config(run_dir, resolved.model_dump(mode="json"))
         for key, (old, new) in changes.items():
             _print(f"resume: {key} changes from {old!r} to {new!r}")
-    if rank_zero_only.rank == 0:
+    if lead:
         write_run_info(
             run_dir, resolved.model_dump(mode="json"), tool_command="train",
             resumed_from=str(last_ckpt) if resumed else None,
@@ -189,13 +218,13 @@ def _train(
             f"detector {model_cfg.name!r} takes mixup_alpha only (set cutmix_alpha: 0)"
         )
     datamodule.setup("fit")
-    if rank_zero_only.rank == 0:
+    if lead:
         _print(datamodule.summary())
     weights = datamodule.class_weights() if config.data.balance == "loss_weight" else None
     cache = _feature_cache(config, datamodule, detector)
     datamodule.feature_cache = cache
     module = DetectorModule(detector, resolved, class_weights=weights, feature_cache=cache)
-    if rank_zero_only.rank == 0:
+    if lead:
         _print(f"strategy {config.strategy.name}: {counts} parameters")
         unused = unused_strategy_keys(config.strategy)
         if unused:
@@ -215,12 +244,14 @@ def _train(
         enable_version_counter=False,
     )
     cbs: list[Callback] = [checkpoint_cb, last_cb, *(callbacks or [])]
+    if tcfg.checkpoint_every_n_steps:
+        cbs.append(_step_checkpoint(run_dir, tcfg.checkpoint_every_n_steps, datamodule))
     if tcfg.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=tcfg.monitor, mode=mode, patience=tcfg.early_stopping_patience))
     # Read before the CSV logger starts: it deletes an existing metrics.csv.
     history = _read_csv(run_dir / "metrics.csv") if resumed else []
     loggers = _loggers(resolved, run_dir)
-    if rank_zero_only.rank == 0:
+    if lead:
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                   for k, v in flatten(resolved.model_dump(mode="json")).items()}
         for lg in loggers:
