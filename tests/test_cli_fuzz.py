@@ -196,6 +196,7 @@ SYN = ["synthesize", "{in}/data/train/real", "--out", "{out}/sbi"]
 PREVIEW = ["augment-preview", "-c", "{in}/config.yaml", "--out", "{out}/preview.png",
            "--samples", "1", "--views", "1"]
 TRAIN = ["train", "-c", "{in}/config.yaml", "--out", "{out}/run"]
+SHARD = ["shard", "{in}/data", "--out", "{out}/shards"]
 EXPORT = ["export", "--checkpoint", "{in}/best.ckpt", "--out", "{out}/m.safetensors"]
 
 
@@ -407,6 +408,21 @@ CASES = [
     case("prepare-out-is-file", _replace(PREP, "--out", "{have}/file.txt"), "file.txt"),
     case("prepare-out-foreign-folder", _replace(PREP, "--out", "{have}/foreign"), "foreign"),
     case("prepare-csv-escape", ["prepare", "{in}/escape.csv", "--out", "{out}/faces"], "escape"),
+    case("prepare-shards-inside-out", [*PREP, "--shards", "{out}/faces/shards"], "shards"),
+    case("prepare-split-option-without-shards", [*PREP, "--val-fraction", "0.2"], "--shards"),
+    # ---- shard, shard-merge, shard datasets by URI
+    case("shard-input-missing", _swap(SHARD, "{in}/data", "{in}/nope"), "nope"),
+    case("shard-out-is-input-folder", _replace(SHARD, "--out", "{in}/data"), "data"),
+    case("shard-out-foreign-folder", _replace(SHARD, "--out", "{have}/foreign"), "foreign"),
+    case("shard-val-fraction-2", [*SHARD, "--val-fraction", "2"], "--val-fraction"),
+    case("shard-node-rank-out-of-range", [*SHARD, "--node-rank", "2", "--num-nodes", "2"], "node"),
+    case("shard-node-rank-alone", [*SHARD, "--node-rank", "0"], "--num-nodes"),
+    case("shard-merge-foreign-folder", ["shard-merge", "{have}/foreign"], "foreign"),
+    case("shard-merge-missing-folder", ["shard-merge", "{in}/nope"], "nope"),
+    case("evaluate-data-http-uri", _replace(EVAL, "--data", "http://example.org/shards"),
+         "http://example.org/shards"),
+    case("train-data-path-http-uri", [*TRAIN, "data.path=http://example.org/shards"],
+         "http://example.org/shards"),
     # ---- synthesize
     case("synthesize-input-missing", _swap(SYN, "{in}/data/train/real", "{in}/nope"), "nope"),
     case("synthesize-input-txt", _swap(SYN, "{in}/data/train/real", "{in}/notes.txt"), "notes.txt"),
@@ -451,7 +467,7 @@ CASES = [
 
 BASELINES = {"evaluate": EVAL, "predict": PRED, "calibrate": CAL, "prepare": PREP,
              "synthesize": SYN, "augment-preview": PREVIEW, "train": TRAIN,
-             "export": EXPORT,
+             "export": EXPORT, "shard": SHARD,
              "config": ["config", "-c", "{in}/config.yaml"]}
 
 

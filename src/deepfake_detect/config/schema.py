@@ -154,6 +154,7 @@ class AugmentConfig(Strict):
 # object stores litdata reads shard datasets from (its resolver also knows r2:// and hf://,
 # which need Lightning's own services or are not shard folders)
 STORAGE_SCHEMES = ("s3", "gs", "azure")
+WEB_SCHEMES = ("http", "https", "ftp", "hf")  # URIs that are not read: refused by name
 _URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(/+)(.*)", re.S)
 
 
@@ -169,9 +170,11 @@ def data_location(value: str | Path) -> Path | str:
         return Path(value)
     scheme, slashes, rest = match[1].lower(), match[2], match[3]
     if scheme not in STORAGE_SCHEMES:
-        if len(slashes) == 1:  # "name:/x" is a legal local path; "name://x" is meant as a URI
+        # "name:/x" is a legal local path, "name://x" is meant as a URI; so is "http:/x", an
+        # http(s) URI that went through a Path on the command line
+        if len(slashes) == 1 and scheme not in WEB_SCHEMES:
             return Path(value)
-        raise ValueError(f"{text}: object storage URIs start with "
+        raise ValueError(f"{scheme}://{rest}: object storage URIs start with "
                          f"{', '.join(s + '://' for s in STORAGE_SCHEMES)} (only shard datasets "
                          "written by `deepfake-detect shard` are read from object storage); "
                          "give a local folder or CSV otherwise")
