@@ -423,6 +423,8 @@ CASES = [
          "http://example.org/shards"),
     case("train-data-path-http-uri", [*TRAIN, "data.path=http://example.org/shards"],
          "http://example.org/shards"),
+    # refused before anything is fetched: calibrate reads local shard folders only
+    case("calibrate-data-s3-uri", _replace(CAL, "--data", "s3://bucket/shards"), "local folders"),
     # ---- synthesize
     case("synthesize-input-missing", _swap(SYN, "{in}/data/train/real", "{in}/nope"), "nope"),
     case("synthesize-input-txt", _swap(SYN, "{in}/data/train/real", "{in}/notes.txt"), "notes.txt"),

@@ -293,3 +293,51 @@ def test_evaluating_shards_with_a_corrupt_chunk_counts_its_samples_skipped(tmp_p
     assert metrics["skipped"] == lost
     assert metrics["frame"]["n_real"] + metrics["frame"]["n_fake"] == \
         len(read_index(shards, "test")) - lost
+
+
+def test_calibrate_and_preview_read_a_local_shard_folder_like_its_source(tmp_path: Path) -> None:
+    from deepfake_detect.cli.app import app
+    from deepfake_detect.training.train import train
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=4, splits=("train", "val", "test"))
+    write_shards([data], tmp_path / "shards")
+    run = train(load_config(base=tiny_config(data, tmp_path / "runs", epochs=1,
+                                             evaluate_test=False)), out=tmp_path / "run")
+    runner = CliRunner()
+    made = {}
+    for name, path in (("folder", data), ("shards", tmp_path / "shards")):
+        out = tmp_path / f"cal-{name}"
+        out.mkdir()
+        result = runner.invoke(app, ["calibrate", "--checkpoint", str(run.best_checkpoint),
+                                     "--data", str(path), "--out", str(out / "cal.safetensors"),
+                                     "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        made[name] = json.loads((out / "calibration.json").read_text())
+    for key in ("temperature", "threshold"):
+        assert made["shards"][key] == pytest.approx(made["folder"][key], rel=1e-6), key
+    preview = runner.invoke(app, ["augment-preview", "-c", str(run.run_dir / "config.yaml"),
+                                  "--data", str(tmp_path / "shards"), "--out",
+                                  str(tmp_path / "preview.png"), "--samples", "2", "--views", "2"])
+    assert preview.exit_code == 0, preview.output
+    assert (tmp_path / "preview.png").stat().st_size > 1000
+
+
+def test_error_thumbnails_of_shards_come_from_the_chunks(tmp_path: Path, caplog) -> None:
+    # the source files are gone (shards made elsewhere): errors.png still shows the faces
+    from deepfake_detect.cli.app import app
+    from deepfake_detect.training.train import train
+
+    data = make_dataset(tmp_path / "ds", videos_per_class=4, splits=("train", "val", "test"))
+    run = train(load_config(base=tiny_config(data, tmp_path / "runs", epochs=1,
+                                             evaluate_test=False)), out=tmp_path / "run")
+    write_shards([data], tmp_path / "shards")
+    data.rename(tmp_path / "moved-away")
+    with caplog.at_level("WARNING", logger="deepfake_detect.evaluation.error_analysis"):
+        result = CliRunner().invoke(app, [
+            "evaluate", "--checkpoint", str(run.best_checkpoint), "--data",
+            str(tmp_path / "shards"), "--split", "all", "--threshold", "0.001", "--out",
+            str(tmp_path / "ev"), "--bootstrap", "0", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    errors = list((tmp_path / "ev").glob("*/errors.csv"))
+    assert errors and len(errors[0].read_text().splitlines()) > 1  # threshold 0.001: the reals err
+    assert "cannot read" not in caplog.text

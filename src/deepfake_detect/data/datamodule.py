@@ -106,7 +106,6 @@ class FaceDataModule(L.LightningDataModule):
         self.shards: Path | str | None = None  # a local folder or an object-store URI
         self.shard_streams = False  # its loaders stream the splits (else read items by number)
         self._shard_cache: str | None = None  # litdata's copy of a remote one's chunks
-        self._shard_test: list[Sample] | None = None  # the test split, read from its items
         self._bad_chunks: dict[str, set[str]] = {}  # split -> unreadable chunk files, left out
         self._train_loader: Any = None  # the streaming training loader Lightning iterates
         self._loader_state: dict[str, Any] | None = None  # its position, to resume from
@@ -287,24 +286,9 @@ class FaceDataModule(L.LightningDataModule):
         if split == "heldout":
             self._require()
             return list(self._heldout)
-        if split == "test" and self.shards is not None:
-            return list(self._streamed_test())
         return [s for s in self._require() if s.split == split]
 
-    def _streamed_test(self) -> list[Sample]:
-        """The shards' test split as samples that read their images from the shards' items
-        (:class:`~deepfake_detect.data.shard_reader.ShardSample`, ``path`` naming the source
-        file), for the final evaluation; their item numbers are looked up once, here, not in
-        each loader worker. The other splits are streamed by the loaders."""
-        if self._shard_test is None:
-            from deepfake_detect.data.shard_reader import resolve_items
-
-            self._shard_test = resolve_items([s for s in self._require() if s.split == "test"])
-        return self._shard_test
-
     def has_split(self, split: str) -> bool:
-        if self.shards is not None and split == "test":  # without looking its items up
-            return any(s.split == split for s in self._require())
         return bool(self.samples(split))
 
     def heldout_counts(self) -> dict[str, int]:

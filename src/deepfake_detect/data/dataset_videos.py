@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from deepfake_detect.config.schema import data_location
 from deepfake_detect.data.labels import label_name
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.sources import Discovery, FoundVideo, scan
@@ -65,6 +66,16 @@ class Gathered:
     skipped: list[tuple[str, str]]  # (path, reason): missing files and videos without a crop
     found: Discovery  # what the folder scan saw (ignored files, manifest rows without a crop)
     videos: VideoCrops = field(default_factory=VideoCrops)
+    # the split of each skipped input that had one: videos without a crop, files left out
+    # when a shard dataset was written
+    skipped_split: dict[str, str | None] = field(default_factory=dict)
+
+    def left_out(self, chosen: Sequence[Sample], split: str) -> list[tuple[str, str]]:
+        """The skipped inputs of the split(s) ``chosen`` is from (``split``: what was asked,
+        ``all`` for every split); an input of no split counts only with ``all``."""
+        splits = {s.split for s in chosen}
+        return [(p, r) for p, r in self.skipped if p in self.skipped_split
+                and (split == "all" or self.skipped_split[p] in splits)]
 
 
 def faces_cache_dir(
@@ -97,18 +108,39 @@ def gather_samples(
     progress: bool = True,
     face_detector: FaceDetector | None = None,
     group_depth: int | None = None,
+    shard_cache: str | Path | None = None,
+    what: str = "data.path",
 ) -> Gathered:
     """Every sample in ``paths`` (splits as given, None if none); videos in dataset folders are
     cut into face crops with ``prepare`` (``videos="prepare"``) or refused with an error saying
     what to run. ``face_detector`` replaces the one ``prepare`` would build (tests);
     ``group_depth``: how folders name groups (``data.group_depth``, see
-    :func:`~deepfake_detect.data.sources.scan`)."""
+    :func:`~deepfake_detect.data.sources.scan`). A shard dataset (``deepfake-detect shard``,
+    a local folder or an object-store URI) gives the samples of its index, which read their
+    images from its chunks; ``shard_cache``: where litdata copies a remote one's chunks (none:
+    only local shard folders are read); ``what``: how errors name the paths."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    found = scan(paths, videos=True, group_depth=group_depth)
+    try:
+        locations = [data_location(p) for p in paths]
+    except ValueError as exc:  # a URI no object store answers to
+        raise DataError(f"{what} {exc}") from None
+    # shard datasets (deepfake-detect shard): their sample index, images read from the chunks
+    shards = [p for p in locations if _names_shards(p)]
+    folders = [p for p in locations if p not in shards]
+    found = scan(folders, videos=True, group_depth=group_depth) if folders else Discovery()
     gathered = Gathered(
         samples=list(found.samples), skipped=[(str(p), r) for p, r in found.missing], found=found
     )
+    gathered.skipped_split = {str(v.path): v.split for v in found.videos}
+    for location in shards:
+        from deepfake_detect.data.shard_reader import shard_samples
+
+        samples, left = shard_samples(location, cache_dir=shard_cache, what=what)
+        log.info("shard dataset %s: %d images", location, len(samples))
+        gathered.samples += samples
+        gathered.skipped += [(p, r) for p, r, _ in left]
+        gathered.skipped_split.update({p: split for p, _, split in left})
     by_root: dict[Path, list[FoundVideo]] = {}
     for video in found.videos:
         by_root.setdefault(video.root, []).append(video)
@@ -210,3 +242,9 @@ def _cut_videos(
             failed.append((str(video.path), f"video gave no face crop: {reason}"))
     tally.reused += report.reused
     return samples, failed
+
+
+def _names_shards(location: Path | str) -> bool:
+    """Whether a data path is a shard dataset: an object-store URI (only shard datasets are read
+    from object storage) or a folder holding ``shards.json``; decided without reading litdata."""
+    return isinstance(location, str) or (Path(location) / "shards.json").is_file()

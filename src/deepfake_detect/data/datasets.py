@@ -32,6 +32,12 @@ class FaceImageDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                  views: Sequence[View] | None = None):
         self.samples = list(samples)
+        if any(getattr(s, "item", 0) == -1 for s in self.samples):
+            # shard samples whose items are not looked up yet: done once here, before any
+            # loader worker starts, rather than by every worker (one pass over each split)
+            from deepfake_detect.data.shard_reader import resolve_items
+
+            self.samples = resolve_items(self.samples)
         self.transform = transform
         self.views = list(views) if views is not None else None
 

@@ -298,6 +298,24 @@ def read_index(folder: str | Path, split: str, *, cache_dir: str | Path | None =
     return out
 
 
+def shard_samples(location: Location, *, cache_dir: str | Path | None = None,
+                  what: str = "data.path") -> tuple[list[ShardSample], list[tuple[str, str, str | None]]]:
+    """Every sample of a shard dataset (all splits, each in index order) and the files left out
+    when it was written: ``(path, reason, split or None)``. A remote one needs ``cache_dir``."""
+    if is_remote(location) and cache_dir is None:  # refused before anything is fetched
+        raise DataError(f"{what} {location}: this command reads shard datasets from local "
+                        "folders only; copy it to a local folder (e.g. `aws s3 sync`) and give "
+                        "that, or use train / evaluate / benchmark, which stream it")
+    info = shard_info(location, what=what)
+    if info is None:
+        raise DataError(f"{what} {location}: not a shard dataset (no {MARKER})")
+    samples = [s for split in SPLITS
+               for s in read_index(location, split, cache_dir=cache_dir, what=what)]
+    skipped = [(str(e.get("path", "")), str(e.get("reason", "")), e.get("split"))
+               for e in info.get("skipped", [])]
+    return samples, skipped
+
+
 def skipped_entries(info: dict[str, Any], splits: Iterable[str] | None = None
                     ) -> list[tuple[str, str]]:
     """``(path, reason)`` of the files left out when the dataset was sharded (unreadable):

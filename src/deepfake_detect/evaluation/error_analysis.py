@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ class ErrorCase:
     video: str
     label: int
     score: float
+    # reads the image (None: the file at ``path``); a shard sample reads it from its chunk
+    read: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -87,12 +89,14 @@ def error_analysis(
     out_dir: str | Path,
     n: int = 16,
     videos: Sequence[str] | None = None,
+    readers: Sequence[Callable[[], Any] | None] | None = None,
 ) -> ErrorReport:
     """Write ``errors.csv`` (kind,path,video,label,score) and the contact sheet ``errors.png``
     (false positives, then false negatives) of the ``n`` most confident errors into ``out_dir``.
 
-    ``videos`` are the video ids of the samples (default: empty). Images that cannot be read
-    become grey 'unreadable' tiles. Returns the counts of all errors and the cases written.
+    ``videos`` are the video ids of the samples (default: empty); ``readers`` read each sample's
+    image where it is not a file at its path (shard samples; None: the file). Images that
+    cannot be read become grey 'unreadable' tiles. Returns the counts of all errors and the cases written.
     """
     paths = [str(p) for p in samples_paths]
     y, s = check_inputs(labels, scores)
@@ -103,7 +107,8 @@ def error_analysis(
         raise DataError(f"videos and scores differ in length: {len(vids)} vs {y.size}")
     counts = error_counts(y, s, threshold)
     fp, fn = top_errors(y, s, threshold, n)
-    cases = [ErrorCase(kind, paths[i], vids[i], int(y[i]), float(s[i]))
+    reads = list(readers) if readers is not None else [None] * y.size
+    cases = [ErrorCase(kind, paths[i], vids[i], int(y[i]), float(s[i]), reads[i])
              for kind, idx in (("false_positive", fp), ("false_negative", fn)) for i in idx]
 
     out = Path(out_dir)
@@ -125,14 +130,14 @@ def error_analysis(
                        png_path)
 
 
-def _thumbnail(path: str) -> Image.Image | None:
-    """The image fitted into THUMB x THUMB, or None when it cannot be read."""
+def _thumbnail(case: ErrorCase) -> Image.Image | None:
+    """The case's image fitted into THUMB x THUMB, or None when it cannot be read."""
     try:
-        im = load_rgb(path)
+        im = case.read() if case.read is not None else load_rgb(case.path)
         im.thumbnail((THUMB, THUMB))
         return im
     except Exception as exc:  # any unreadable input is a tile, never a failed evaluation
-        log.warning("error analysis: cannot read %s (%s)", path, exc)
+        log.warning("error analysis: cannot read %s (%s)", case.path, exc)
         return None
 
 
@@ -162,7 +167,7 @@ def contact_sheet(sections: Sequence[tuple[str, Sequence[ErrorCase]]], path: Pat
         for k, case in enumerate(cases):
             x = PAD + (k % COLUMNS) * cell_w
             y = y0 + (k // COLUMNS) * cell_h
-            thumb = _thumbnail(case.path)
+            thumb = _thumbnail(case)
             if thumb is None:
                 draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), fill=_TILE)
                 draw.text((x + THUMB // 2, y + THUMB // 2), "unreadable", fill=(255, 255, 255),

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from deepfake_detect.evaluation.robustness import robustness_sweep
 from deepfake_detect.inference.ensemble import ModelSource
 from deepfake_detect.inference.options import ScoringOptions
 from deepfake_detect.inference.predictor import Predictor, as_predictor
+
+if TYPE_CHECKING:
+    from deepfake_detect.data.dataset_videos import Gathered
 from deepfake_detect.inference.tta import TTASpec
 from deepfake_detect.models.detector import Detector
 
@@ -109,7 +112,6 @@ def evaluate_samples(
     if predictor.input_kind == "clips" and any(hasattr(s, "read_image") for s in samples):
         raise DataError(f"{name or out_dir}: a sequence detector reads clips of frame files and "
                         "cannot score a shard dataset yet; evaluate the dataset folder instead")
-    samples = _resolved(samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     if predictor.input_kind == "clips":
         return _evaluate_videos(
@@ -192,19 +194,9 @@ def evaluate_samples(
         _save_analysis(
             out_dir, labels, scores, threshold, [str(s.path) for s in kept],
             [s.video for s in kept], error_examples, name, video_scores=(vlabels, vscores),
+            readers=[getattr(s, "read_image", None) for s in kept],  # shard samples: chunks
         )
     return metrics
-
-
-def _resolved(samples: Sequence[Sample]) -> Sequence[Sample]:
-    """``samples`` with the items of shard samples looked up once, in this process, before the
-    loader's workers read them (:func:`~deepfake_detect.data.shard_reader.resolve_items`);
-    others as they are. Duck-typed, so that litdata is imported only for shard samples."""
-    if not any(getattr(s, "item", 0) < 0 for s in samples):
-        return samples
-    from deepfake_detect.data.shard_reader import resolve_items
-
-    return resolve_items(samples)
 
 
 def _evaluate_videos(
@@ -383,13 +375,15 @@ def _save_analysis(
     out_dir: Path, labels: np.ndarray, scores: np.ndarray, threshold: float,
     paths: Sequence[str], videos: Sequence[str], error_examples: int, name: str,
     video_scores: tuple[np.ndarray, np.ndarray] | None = None,
+    readers: Sequence[Any] | None = None,
 ) -> None:
     """``dashboard.png`` and (``error_examples`` > 0) ``errors.csv`` / ``errors.png``;
     ``video_scores`` (labels, aggregated scores per video) feed the dashboard's score strip."""
     plot_dashboard(labels, scores, threshold, out_dir / "dashboard.png", videos=video_scores,
                    title=name)
     if error_examples > 0:
-        error_analysis(paths, labels, scores, threshold, out_dir, n=error_examples, videos=videos)
+        error_analysis(paths, labels, scores, threshold, out_dir, n=error_examples, videos=videos,
+                       readers=readers)
 
 
 def _fmt(x: Any) -> str:
@@ -597,8 +591,7 @@ def evaluate(request: EvaluateRequest) -> Evaluation:
                 if name in results:
                     name = f"{name}_{len(results)}"
                 chosen = select_split(samples, split, name)
-                left_out = found.left_out(chosen, split)
-                chosen = _resolved(chosen)  # shard samples: their items looked up once
+                left_out = found.left_out(chosen, split)  # unreadable inputs of the split(s)
                 folder = inside(out_dir, name)
                 results[name] = evaluate_samples(
                     predictor, chosen, folder, threshold=threshold,
@@ -622,59 +615,22 @@ def evaluate(request: EvaluateRequest) -> Evaluation:
                 drop_shard_cache(shard_cache)
 
 
-@dataclass
-class _Found:
-    """The samples of one evaluated dataset, and what of it never became a sample: videos
-    without a face crop (a dataset folder) or files left out when it was sharded."""
-
-    samples: list[Sample]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    video_split: dict[str, str | None] | None = None  # video file -> its split (folders)
-    shard_info: dict[str, Any] | None = None  # shards.json (shard datasets)
-
-    def left_out(self, chosen: Sequence[Sample], split: str) -> list[tuple[str, str]]:
-        """The inputs of the chosen split(s) (``--split``: ``split``) that never became
-        samples: skipped, counted with the files that could not be read."""
-        splits = {s.split for s in chosen}
-        if self.shard_info is not None:
-            from deepfake_detect.data.shard_reader import skipped_entries
-
-            # files found unreadable when sharded count as unreadable files of a folder do
-            return skipped_entries(self.shard_info, None if split == "all" else splits)
-        # videos of the chosen split(s) that gave no face crop
-        video_split = self.video_split or {}
-        return [(p, r) for p, r in self.skipped
-                if p in video_split and (split == "all" or video_split[p] in splits)]
-
-
 def _dataset_samples(path: Path | str, request: EvaluateRequest, settings: Any,
                      faces_cache: Path | None, cache_root: Path, shard_cache: Path,
-                     progress: bool) -> _Found:
-    """The samples of one ``--data`` entry. A shard dataset (a local folder or a URI, which
-    must be one): those of its sample index, read from its items when scored; else those of
-    a dataset folder or CSV, videos cut into face crops the way the model was trained
-    (cached)."""
+                     progress: bool) -> Gathered:
+    """The samples of one ``--data`` entry: a dataset folder or CSV (videos cut into face crops
+    the way the model was trained, cached) or a shard dataset (a local folder read in place, or
+    a URI whose chunks litdata copies to ``shard_cache``), read from its chunks when scored."""
     from deepfake_detect.data.dataset_videos import gather_samples
-    from deepfake_detect.data.shard_reader import SPLITS, is_remote, read_index, shard_info
     from deepfake_detect.data.sources import log_discovery
 
-    info = shard_info(path, what="--data")
-    if info is not None:
-        cache = shard_cache if is_remote(path) else None  # a local folder is read in place
-        samples: list[Sample] = [
-            s for part in SPLITS for s in read_index(path, part, cache_dir=cache, what="--data")
-        ]
-        per = {part: sum(s.split == part for s in samples) for part in SPLITS}
-        log.info("shard dataset %s: %s images (%s)", path, len(samples),
-                 ", ".join(f"{n} {part}" for part, n in per.items() if n))
-        return _Found(samples, shard_info=info)
     gathered = gather_samples(
         [path], prepare=settings, faces_cache=faces_cache, cache_root=cache_root,
         progress=progress, group_depth=request.group_depth,
+        shard_cache=shard_cache if isinstance(path, str) else None, what="--data",
     )
     log_discovery(gathered.found)
-    return _Found(gathered.samples, list(gathered.skipped),
-                  video_split={str(v.path): v.split for v in gathered.found.videos})
+    return gathered
 
 
 def drop_shard_cache(folder: Path) -> None:
