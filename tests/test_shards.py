@@ -21,8 +21,9 @@ from deepfake_detect.errors import DeepfakeDetectError
 PRE = {"input_size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
-def _module(path: Path, **data) -> FaceDataModule:
-    cfg = DataConfig(path=[path], batch_size=4, num_workers=0, augment={"hflip": 0.0}, **data)
+def _module(path: Path | list[Path], **data) -> FaceDataModule:
+    paths = path if isinstance(path, list) else [path]
+    cfg = DataConfig(path=paths, batch_size=4, num_workers=0, augment={"hflip": 0.0}, **data)
     dm = FaceDataModule(cfg, PRE, seed=0, progress=False)
     dm.setup()
     return dm
@@ -341,3 +342,35 @@ def test_error_thumbnails_of_shards_come_from_the_chunks(tmp_path: Path, caplog)
     errors = list((tmp_path / "ev").glob("*/errors.csv"))
     assert errors and len(errors[0].read_text().splitlines()) > 1  # threshold 0.001: the reals err
     assert "cannot read" not in caplog.text
+
+
+def test_a_shard_folder_beside_a_dataset_folder_trains_on_both(tmp_path: Path) -> None:
+    from deepfake_detect.data.shard_reader import ShardSample
+    from deepfake_detect.training.train import train
+
+    a = make_dataset(tmp_path / "a", videos_per_class=4, splits=("train", "val"))
+    b = make_dataset(tmp_path / "b", videos_per_class=3, seed=1)
+    write_shards([a], tmp_path / "shards")
+    alone = {split: read_index(tmp_path / "shards", split) for split in ("train", "val")}
+    dm = _module([tmp_path / "shards", b])
+    assert not dm.shard_streams
+    for split in ("train", "val"):
+        got = dm.samples(split)
+        from_shards = [_key(s) for s in got if isinstance(s, ShardSample)]
+        assert from_shards == [_key(s) for s in alone[split]], split  # their splits as written
+        assert any(s.dataset == "b" for s in got), split  # the folder's, split as usual
+    batches = list(dm.train_dataloader())
+    assert sum(len(x["label"]) for x in batches) > 0
+    result = train(load_config(base=tiny_config([tmp_path / "shards", b], tmp_path / "runs",
+                                                epochs=1, evaluate_test=False)),
+                   out=tmp_path / "run")
+    report = json.loads((result.run_dir / "report.json").read_text())
+    total = sum(sum(per.values()) for per in report["class_counts"].values())
+    assert total == sum(len(v) for v in alone.values()) + len(_scanned(b))
+    assert report["skipped"] == 0
+
+
+def _scanned(folder: Path) -> list:
+    from deepfake_detect.data.sources import scan
+
+    return scan([folder]).samples

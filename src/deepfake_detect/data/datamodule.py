@@ -124,7 +124,7 @@ class FaceDataModule(L.LightningDataModule):
             self.data.path, videos=self.data.videos, prepare=self.prepare,
             faces_cache=self.data.faces_cache, cache_root=self.cache_root,
             progress=self.progress, face_detector=self.face_detector,
-            group_depth=self.data.group_depth,
+            group_depth=self.data.group_depth, shard_cache=self._shard_cache,
         )
         self.ignored_files = len(gathered.found.ignored)
         self.no_crop_rows = len(gathered.found.no_crop)
@@ -139,8 +139,10 @@ class FaceDataModule(L.LightningDataModule):
         samples = assign_splits(
             samples, self.data.val_fraction, self.data.test_fraction, self.data.split_seed
         )
-        # verify after splitting, so that fixing or breaking a file never reshuffles the splits
-        bad = verify_images([s.path for s in (*samples, *held)], self.data.verify)
+        # verify after splitting, so that fixing or breaking a file never reshuffles the splits;
+        # a shard sample's source file need not be here (its bytes are checked as they are read)
+        files = [s.path for s in (*samples, *held) if not hasattr(s, "read_image")]
+        bad = verify_images(files, self.data.verify)
         if bad:
             bad_paths = {p for p, _ in bad}
             samples = [s for s in samples if s.path not in bad_paths]
@@ -169,8 +171,12 @@ class FaceDataModule(L.LightningDataModule):
         if not shards:
             return False
         if len(self.data.path) > 1:
-            raise DataError("data.path: a shard folder must be the only data path; shard the "
-                            "datasets together with `deepfake-detect shard A B --out DIR`")
+            # beside other data: one list of samples, those of the shards read item by item
+            # (their splits as written, unless a split is to be carved out, as for a dataset
+            # folder with split folders) through the folder loaders
+            remote = [p for p, _ in shards if isinstance(p, str)]
+            self._shard_cache = self._shard_cache_dir(remote[0]) if remote else None
+            return False
         folder, info = shards[0]
         self.shards = folder
         self._shard_cache = self._shard_cache_dir(folder)
