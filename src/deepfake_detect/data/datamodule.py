@@ -159,30 +159,26 @@ class FaceDataModule(L.LightningDataModule):
         """Read a shard dataset named by ``data.path``, a local folder or an object-store URI
         (its splits are those it was written with); False when ``data.path`` is not one. A URI
         must name one (only shard datasets are read from object storage)."""
-        from deepfake_detect.data.shard_reader import (
-            SPLITS,
-            read_index,
-            shard_info,
-            skipped_entries,
-        )
+        from deepfake_detect.data.locations import as_location, is_remote, names_shards
 
-        infos = [(p, shard_info(p)) for p in self.data.path]
-        shards = [(p, info) for p, info in infos if info is not None]
-        if not shards:
+        locations = [as_location(p) for p in self.data.path]
+        shards = [p for p in locations if names_shards(p)]
+        if not shards:  # plain dataset folders: litdata is not even imported
             return False
-        if len(self.data.path) > 1:
+        if len(locations) > 1:
             # beside other data: one list of samples, those of the shards read item by item
             # (their splits as written, unless a split is to be carved out, as for a dataset
             # folder with split folders) through the folder loaders
-            remote = [p for p, _ in shards if isinstance(p, str)]
+            remote = [p for p in shards if is_remote(p)]
             self._shard_cache = self._shard_cache_dir(remote[0]) if remote else None
             return False
-        folder, info = shards[0]
+        from deepfake_detect.data.shard_reader import shard_samples
+
+        folder = shards[0]
         self.shards = folder
         self._shard_cache = self._shard_cache_dir(folder)
-        self.skipped = skipped_entries(info)
-        samples = [s for split in SPLITS
-                   for s in read_index(folder, split, cache_dir=self._shard_cache)]
+        samples, left = shard_samples(folder, cache_dir=self._shard_cache)
+        self.skipped = [(path, reason) for path, reason, _ in left]
         samples = self._leave_out_unreadable_chunks(folder, samples)
         held: list[Sample] = []
         if self.data.holdout_groups:  # whole videos out of every split, as with a folder
@@ -210,13 +206,8 @@ class FaceDataModule(L.LightningDataModule):
         named in a warning, its samples are counted as skipped files, and the rest trains.
         Which samples a chunk held is learnt by reading the other items' numbers once, only for
         a split with such a chunk."""
-        from deepfake_detect.data.shard_reader import (
-            NO_ITEM,
-            SPLITS,
-            check_chunks,
-            child,
-            resolve_items,
-        )
+        from deepfake_detect.data.locations import child
+        from deepfake_detect.data.shard_reader import NO_ITEM, SPLITS, check_chunks, resolve_items
 
         kept = []
         for split in SPLITS:
@@ -242,7 +233,7 @@ class FaceDataModule(L.LightningDataModule):
         else ``<cache_root>/shard-cache`` (the experiment's output_dir, as for the faces cache),
         kept between runs; never litdata's default (``~/.lightning/chunks``). A local shard
         folder is read in place: None."""
-        from deepfake_detect.data.shard_reader import is_remote
+        from deepfake_detect.data.locations import is_remote
 
         if not is_remote(location):
             return None
@@ -361,7 +352,8 @@ class FaceDataModule(L.LightningDataModule):
         from litdata import StreamingDataLoader
 
         from deepfake_detect.data.shard_loading import ResumableStreamingLoader
-        from deepfake_detect.data.shard_reader import ShardDataset, child
+        from deepfake_detect.data.locations import child
+        from deepfake_detect.data.shard_reader import ShardDataset
 
         augment = self.data.augment if train else None
         size = self.data.batch_size if train else (self.data.eval_batch_size or self.data.batch_size)

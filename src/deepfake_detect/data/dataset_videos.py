@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from deepfake_detect.config.schema import data_location
 from deepfake_detect.data.labels import label_name
+from deepfake_detect.data.locations import as_location, names_shards
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.data.sources import Discovery, FoundVideo, scan
 from deepfake_detect.errors import DataError
@@ -121,12 +121,9 @@ def gather_samples(
     only local shard folders are read); ``what``: how errors name the paths."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    try:
-        locations = [data_location(p) for p in paths]
-    except ValueError as exc:  # a URI no object store answers to
-        raise DataError(f"{what} {exc}") from None
+    locations = [as_location(p, what) for p in paths]
     # shard datasets (deepfake-detect shard): their sample index, images read from the chunks
-    shards = [p for p in locations if _names_shards(p)]
+    shards = [p for p in locations if names_shards(p)]
     folders = [p for p in locations if p not in shards]
     found = scan(folders, videos=True, group_depth=group_depth) if folders else Discovery()
     gathered = Gathered(
@@ -242,9 +239,3 @@ def _cut_videos(
             failed.append((str(video.path), f"video gave no face crop: {reason}"))
     tally.reused += report.reused
     return samples, failed
-
-
-def _names_shards(location: Path | str) -> bool:
-    """Whether a data path is a shard dataset: an object-store URI (only shard datasets are read
-    from object storage) or a folder holding ``shards.json``; decided without reading litdata."""
-    return isinstance(location, str) or (Path(location) / "shards.json").is_file()

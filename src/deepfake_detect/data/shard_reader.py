@@ -29,41 +29,15 @@ from typing import Any
 
 from litdata import StreamingDataset
 
-from deepfake_detect.config.schema import data_location
+from deepfake_detect.data.locations import MARKER, Location, as_location, child, is_remote
 from deepfake_detect.data.images import ImageLoadError, decode_rgb
 from deepfake_detect.data.samples import Sample
 from deepfake_detect.errors import DataError
 
-MARKER = "shards.json"
 FORMAT = 1
 SPLITS = ("train", "val", "test")
 STORAGE_OPTIONS_ENV = "DEEPFAKE_DETECT_STORAGE_OPTIONS"
 
-Location = Path | str  # a local folder (Path) or an object-store URI (str)
-
-
-# --------------------------------------------------------------------------- locations
-
-
-def as_location(value: str | Path, what: str = "data.path") -> Location:
-    """``value`` as a local Path or a URI string (see
-    :func:`~deepfake_detect.config.schema.data_location`); a URI no store answers to is a
-    one-line DataError naming ``what``."""
-    try:
-        return data_location(value)
-    except ValueError as exc:
-        raise DataError(f"{what} {exc}") from None
-
-
-def is_remote(location: Location) -> bool:
-    return isinstance(location, str) and "://" in location
-
-
-def child(location: Location, *names: str) -> Location:
-    """``location/names...``, a URI staying a URI."""
-    if is_remote(location):
-        return "/".join([str(location).rstrip("/"), *names])
-    return Path(location).joinpath(*names)
 
 
 def storage_options() -> dict[str, Any]:
@@ -316,20 +290,6 @@ def shard_samples(location: Location, *, cache_dir: str | Path | None = None,
     return samples, skipped
 
 
-def skipped_entries(info: dict[str, Any], splits: Iterable[str] | None = None
-                    ) -> list[tuple[str, str]]:
-    """``(path, reason)`` of the files left out when the dataset was sharded (unreadable):
-    those recorded with one of ``splits``; every one when ``splits`` is None. An entry without
-    a recorded split belongs to no split, so it is counted only when every split is asked for."""
-    wanted = None if splits is None else set(splits)
-    out = []
-    for entry in info.get("skipped", []):
-        split = entry.get("split")
-        if wanted is None or (split is not None and split in wanted):
-            out.append((str(entry.get("path", "")), str(entry.get("reason", ""))))
-    return out
-
-
 # --------------------------------------------------------------------------- reading items
 
 # per process (a DataLoader worker opens its own): litdata's reader of each split, and each
@@ -454,13 +414,13 @@ class ShardDataset(StreamingDataset):
     def __getitem__(self, index: Any) -> dict[str, Any]:
         item = super().__getitem__(index)
         try:
-            meta = json.loads(bytes(item["meta"]).decode("utf-8"))
-        except ValueError:
-            meta = {}
-        name = meta.get("path", f"item {item['index']}")
-        try:
-            image = decode_rgb(bytes(item["image"]), name)
+            image = decode_rgb(bytes(item["image"]), f"item {item['index']}")
         except ImageLoadError as e:
+            # named by its source file; the meta blob is parsed only for a failing item
+            try:
+                name = json.loads(bytes(item["meta"]).decode("utf-8"))["path"]
+            except (ValueError, KeyError, TypeError):
+                name = f"item {item['index']}"
             return {"error": e.reason, "path": str(name), "index": int(item["index"])}
         return {"image": self.image_transform(image), "label": int(item["label"]),
                 "index": int(item["index"])}

@@ -544,7 +544,7 @@ def evaluate(request: EvaluateRequest) -> Evaluation:
     inputs (a non-empty folder this tool did not write only with ``force``); it is locked
     while the evaluation runs.
     """
-    from deepfake_detect.data.shard_reader import as_location
+    from deepfake_detect.data.locations import as_location
     from deepfake_detect.runinfo import create_run_dir, write_run_info
 
     request.check()
@@ -635,10 +635,10 @@ def _dataset_samples(path: Path | str, request: EvaluateRequest, settings: Any,
 
 def drop_shard_cache(folder: Path) -> None:
     """Remove a shard cache this tool made (litdata's copy of remote chunks), first closing
-    this process's readers of it."""
-    from deepfake_detect.data.shard_reader import forget_cache
-
+    this process's readers of it (none made: nothing to do, and litdata is not loaded)."""
     if folder.exists():
+        from deepfake_detect.data.shard_reader import forget_cache
+
         forget_cache(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
