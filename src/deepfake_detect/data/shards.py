@@ -55,7 +55,7 @@ from typing import Any
 
 from deepfake_detect.data.images import verify_images
 from deepfake_detect.data.samples import CLASS_NAMES, Sample
-from deepfake_detect.data.shard_reader import FORMAT, MARKER, SPLITS
+from deepfake_detect.data.shard_reader import FORMAT, MARKER, SPLITS, check_chunks
 from deepfake_detect.data.sources import log_discovery, scan
 from deepfake_detect.data.splits import assign_splits
 from deepfake_detect.errors import DataError, OutputError
@@ -470,8 +470,10 @@ def _share_problem(folder: Path, split: str, lo: int, hi: int) -> str | None:
     chunks = (index or {}).get("chunks")
     if not isinstance(chunks, list) or sum(int(c.get("chunk_size", 0)) for c in chunks) != hi - lo:
         return f"{split}: its litdata index is missing or does not hold {hi - lo} items"
-    if any(not (folder / split / str(c.get("filename", ""))).is_file() for c in chunks):
-        return f"{split}: a chunk file is missing"
+    bad = check_chunks(folder / split)  # what training checks: present, whole, its item count
+    if bad:
+        name, _, reason = bad[0]
+        return f"{split}: chunk {name}: {reason}"
     try:
         numbers = [row[0] for row in _rows(folder / split / "samples.csv")]
     except (OSError, ValueError, IndexError):
